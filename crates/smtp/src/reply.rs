@@ -1,0 +1,356 @@
+//! SMTP replies: one type, one writer, and the catalogue of texts.
+//!
+//! Role: every reply the server sends is built here and written by [`Reply::write_to`]
+//! (design.md §3.8, Postfix `smtpd_chat_reply`), so codes and wording stay consistent with
+//! Sendmail 8.18 (reference/sendmail-behaviour.md, "Standard replies"): admins' scripts and
+//! fail2ban filters match on them.
+//!
+//! Must not: decide which reply applies; callers do.
+//! Invariants: reply text never contains CR or LF (text taken from the client is escaped by
+//! [`printable`]), so a client cannot inject reply lines.
+
+use std::fmt::Write as _;
+
+use crate::address::{Mailbox, ReversePath};
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit code.
+    pub code: u16,
+    /// The text of each line, without the code (enhanced status code included when any).
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// A single-line reply.
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            lines: vec![text.into()],
+        }
+    }
+
+    /// True for 4xx and 5xx replies.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// True for 421, which always closes the connection (RFC 5321 §3.8).
+    pub fn closes(&self) -> bool {
+        self.code == 421
+    }
+
+    /// Appends the wire form (`250-first`, …, `250 last`, each CRLF-terminated) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let mut head = [0u8; 4];
+            head[0] = b'0' + (self.code / 100 % 10) as u8;
+            head[1] = b'0' + (self.code / 10 % 10) as u8;
+            head[2] = b'0' + (self.code % 10) as u8;
+            head[3] = sep as u8;
+            out.extend_from_slice(&head);
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.lines.is_empty() {
+            out.extend_from_slice(format!("{} \r\n", self.code).as_bytes());
+        }
+    }
+
+    /// The reply as one log-friendly string: lines joined with a space, code on the first.
+    pub fn to_log_string(&self) -> String {
+        format!("{} {}", self.code, self.lines.join(" "))
+    }
+}
+
+/// Makes client-supplied bytes safe to echo in a reply or a log: printable ASCII is kept,
+/// everything else becomes `\xNN`; longer than `max` characters is cut and marked `...`
+/// (Sendmail's `shortenstring`).
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) + 3);
+    for (n, &b) in bytes.iter().enumerate() {
+        if n >= max {
+            out.push_str("...");
+            break;
+        }
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
+}
+
+/// Formats a path the way Sendmail names it in replies: `<addr>`.
+fn bracket(path: &dyn std::fmt::Display) -> String {
+    format!("<{path}>")
+}
+
+// The catalogue. Functions, not constants, because most texts carry a host name or address.
+
+/// `220 <host> ESMTP Portcullis; <date>`: the greeting (Sendmail puts the connection time).
+pub fn greeting(hostname: &str, date: &str) -> Reply {
+    Reply::new(220, format!("{hostname} ESMTP Portcullis; {date}"))
+}
+
+/// `250 <host> Hello <client>, pleased to meet you` (HELO).
+pub fn helo(hostname: &str, client: &str) -> Reply {
+    Reply::new(
+        250,
+        format!("{hostname} Hello {client}, pleased to meet you"),
+    )
+}
+
+/// The EHLO reply: the hello line, then one line per extension.
+pub fn ehlo(hostname: &str, client: &str, extensions: &[String]) -> Reply {
+    let mut lines = Vec::with_capacity(extensions.len() + 1);
+    lines.push(format!("{hostname} Hello {client}, pleased to meet you"));
+    lines.extend(extensions.iter().cloned());
+    Reply { code: 250, lines }
+}
+
+/// `250 2.1.0 <addr>... Sender ok`.
+pub fn sender_ok(path: &ReversePath) -> Reply {
+    Reply::new(250, format!("2.1.0 {}... Sender ok", bracket(path)))
+}
+
+/// `250 2.1.5 <addr>... Recipient ok`.
+pub fn recipient_ok(path: &ReversePath) -> Reply {
+    Reply::new(250, format!("2.1.5 {}... Recipient ok", bracket(path)))
+}
+
+/// `550 5.1.1 <addr>... User unknown`.
+pub fn user_unknown(mailbox: &Mailbox) -> Reply {
+    Reply::new(550, format!("5.1.1 {}... User unknown", bracket(mailbox)))
+}
+
+/// `550 5.7.1 <addr>... Relaying denied`.
+pub fn relaying_denied(mailbox: &Mailbox) -> Reply {
+    Reply::new(
+        550,
+        format!("5.7.1 {}... Relaying denied", bracket(mailbox)),
+    )
+}
+
+/// `354 End data with <CR><LF>.<CR><LF>`.
+pub fn start_data() -> Reply {
+    Reply::new(354, "End data with <CR><LF>.<CR><LF>")
+}
+
+/// `250 2.0.0 <qid> Message accepted for delivery`.
+pub fn message_accepted(queue_id: &str) -> Reply {
+    Reply::new(
+        250,
+        format!("2.0.0 {queue_id} Message accepted for delivery"),
+    )
+}
+
+/// `250 2.0.0 OK` (NOOP).
+pub fn ok() -> Reply {
+    Reply::new(250, "2.0.0 OK")
+}
+
+/// `250 2.0.0 Reset state` (RSET).
+pub fn reset() -> Reply {
+    Reply::new(250, "2.0.0 Reset state")
+}
+
+/// `221 2.0.0 <host> closing connection` (QUIT).
+pub fn closing(hostname: &str) -> Reply {
+    Reply::new(221, format!("2.0.0 {hostname} closing connection"))
+}
+
+/// `252 2.5.2 ...` (VRFY): we never confirm users (RFC 5321 §3.5.3 allows 252).
+pub fn cannot_vrfy() -> Reply {
+    Reply::new(
+        252,
+        "2.5.2 Cannot VRFY user; try RCPT to attempt delivery (or try finger)",
+    )
+}
+
+/// `502 5.7.0 Sorry, we do not allow this operation` (EXPN, ETRN).
+pub fn not_allowed() -> Reply {
+    Reply::new(502, "5.7.0 Sorry, we do not allow this operation")
+}
+
+/// The HELP text.
+pub fn help() -> Reply {
+    Reply {
+        code: 214,
+        lines: vec![
+            "2.0.0 This is Portcullis, an MX server".into(),
+            "2.0.0 Topics: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".into(),
+            "2.0.0 End of HELP info".into(),
+        ],
+    }
+}
+
+/// `500 5.5.1 Command unrecognized: "<line>"`.
+pub fn unrecognized(line: &[u8]) -> Reply {
+    Reply::new(
+        500,
+        format!("5.5.1 Command unrecognized: \"{}\"", printable(line, 200)),
+    )
+}
+
+/// `500 5.5.0 Command line too long` (RFC 5321 §4.5.3.1.4: 512 octets).
+pub fn line_too_long() -> Reply {
+    Reply::new(500, "5.5.0 Command line too long")
+}
+
+/// `501 5.5.4 <VERB> requires domain address`.
+pub fn helo_needs_domain(verb: &str) -> Reply {
+    Reply::new(501, format!("5.5.4 {verb} requires domain address"))
+}
+
+/// `501 5.5.4 Invalid domain name` for a HELO/EHLO argument that is not a domain.
+pub fn invalid_helo_domain() -> Reply {
+    Reply::new(501, "5.5.4 Invalid domain name")
+}
+
+/// `501 5.5.2 Syntax error in parameters scanning "<what>"`.
+pub fn syntax_scanning(what: &str) -> Reply {
+    Reply::new(
+        501,
+        format!("5.5.2 Syntax error in parameters scanning \"{what}\""),
+    )
+}
+
+/// `501 5.1.7 Bad sender address syntax`.
+pub fn bad_sender_syntax() -> Reply {
+    Reply::new(501, "5.1.7 Bad sender address syntax")
+}
+
+/// `501 5.1.3 Bad recipient address syntax`.
+pub fn bad_recipient_syntax() -> Reply {
+    Reply::new(501, "5.1.3 Bad recipient address syntax")
+}
+
+/// `555 5.5.4 <PARAM> parameter unrecognized` (RFC 5321 §4.1.1.11).
+pub fn parameter_unrecognized(param: &[u8]) -> Reply {
+    Reply::new(
+        555,
+        format!("5.5.4 {} parameter unrecognized", printable(param, 40)),
+    )
+}
+
+/// `501 5.5.4 Syntax error in parameter <P>`.
+pub fn bad_parameter(param: &str) -> Reply {
+    Reply::new(501, format!("5.5.4 Syntax error in parameter {param}"))
+}
+
+/// `503 5.5.1 Polite people say HELO first`.
+pub fn need_helo() -> Reply {
+    Reply::new(503, "5.5.1 Polite people say HELO first")
+}
+
+/// `503 5.5.1 Sender already specified`.
+pub fn sender_already_specified() -> Reply {
+    Reply::new(503, "5.5.1 Sender already specified")
+}
+
+/// `503 5.5.1 Need MAIL before RCPT`.
+pub fn need_mail() -> Reply {
+    Reply::new(503, "5.5.1 Need MAIL before RCPT")
+}
+
+/// `503 5.5.1 Need RCPT (recipient)`.
+pub fn need_rcpt() -> Reply {
+    Reply::new(503, "5.5.1 Need RCPT (recipient)")
+}
+
+/// `552 5.3.4 Message size exceeds fixed maximum message size (N)` (at MAIL, SIZE=).
+pub fn size_exceeds_at_mail(max: u64) -> Reply {
+    Reply::new(
+        552,
+        format!("5.3.4 Message size exceeds fixed maximum message size ({max})"),
+    )
+}
+
+/// `552 5.3.4 Message size exceeds fixed maximum message size` (after DATA).
+pub fn size_exceeds() -> Reply {
+    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
+}
+
+/// `550 5.6.0 bare LF or CR in message` (SMTP smuggling defence, our wording).
+pub fn bare_line_ending() -> Reply {
+    Reply::new(550, "5.6.0 bare LF or CR in message")
+}
+
+/// `550 5.6.0 line longer than 1000 octets in message` (RFC 5321 §4.5.3.1.6).
+pub fn text_line_too_long() -> Reply {
+    Reply::new(550, "5.6.0 line longer than 1000 octets in message")
+}
+
+/// `452 4.5.3 Too many recipients`.
+pub fn too_many_recipients() -> Reply {
+    Reply::new(452, "4.5.3 Too many recipients")
+}
+
+/// `452 4.3.1 Insufficient system storage`.
+pub fn insufficient_storage() -> Reply {
+    Reply::new(452, "4.3.1 Insufficient system storage")
+}
+
+/// `451 4.3.0 Temporary system failure. Please try again later.`
+pub fn temporary_failure() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0 Temporary system failure. Please try again later.",
+    )
+}
+
+/// `421 4.4.1 <host> Timeout waiting for data`.
+pub fn data_timeout(hostname: &str) -> Reply {
+    Reply::new(421, format!("4.4.1 {hostname} Timeout waiting for data"))
+}
+
+/// `421 4.7.0 <host> Too many bad commands; closing connection`.
+pub fn too_many_bad_commands(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        format!("4.7.0 {hostname} Too many bad commands; closing connection"),
+    )
+}
+
+/// `421 4.3.2 <host> Service shutting down`.
+pub fn shutting_down(hostname: &str) -> Reply {
+    Reply::new(421, format!("4.3.2 {hostname} Service shutting down"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(r: &Reply) -> String {
+        let mut out = Vec::new();
+        r.write_to(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn writes_single_and_multi_line() {
+        assert_eq!(wire(&ok()), "250 2.0.0 OK\r\n");
+        let r = ehlo("mx", "[127.0.0.1]", &["PIPELINING".into(), "HELP".into()]);
+        assert_eq!(
+            wire(&r),
+            "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-PIPELINING\r\n250 HELP\r\n"
+        );
+    }
+
+    #[test]
+    fn escapes_client_text() {
+        assert_eq!(
+            wire(&unrecognized(b"FOO\rBAR\x00")),
+            "500 5.5.1 Command unrecognized: \"FOO\\x0dBAR\\x00\"\r\n"
+        );
+        assert_eq!(printable(b"abcdef", 3), "abc...");
+        assert_eq!(printable(b"a\\b", 10), "a\\\\b");
+    }
+}

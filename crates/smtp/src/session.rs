@@ -1,0 +1,950 @@
+//! The SMTP server session as a sans-IO state machine.
+//!
+//! Role: one [`Session`] per connection. The driver feeds it bytes ([`Session::handle_input`]),
+//! end of input ([`Session::handle_eof`]) and the passing of time ([`Session::handle_timeout`]);
+//! it drains replies ([`Session::take_output`]) and events ([`Session::poll_event`]), and sleeps
+//! until [`Session::poll_timeout`]. Model: quinn-proto's `Connection`.
+//!
+//! The session asks, the policy answers (design.md §3.2): syntax and sequence errors are the
+//! session's own, but every discretionary step (HELO, MAIL, RCPT, DATA) becomes an
+//! [`Event::Ask`]; the session stops reading input until the driver calls
+//! [`Session::answer`]. A finished message becomes [`Event::Commit`]; the session waits for
+//! [`Session::commit_done`] before replying, so `250` is only ever sent for a durable message.
+//!
+//! Must not: read a socket or the clock, log, or block. Invariants: input is buffered only up to
+//! one command line (512 octets) plus whatever arrived while the session waits for an answer
+//! (the driver does not read in that state, see [`Session::wants_input`]); the event queue holds
+//! at most a few entries because processing stops at every question.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::address::ReversePath;
+use crate::command::{self, Command, MailParams};
+use crate::data::{BareLineEndings, DataProblem, DataReceiver};
+use crate::reply::{self, Reply};
+
+/// Per-phase timeouts (Sendmail's names; see docs/config.md for what each phase is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Greeting sent → first command.
+    pub initial: Duration,
+    /// Waiting for a command while no HELO/EHLO has been accepted yet.
+    pub helo: Duration,
+    /// After HELO/EHLO, waiting for MAIL.
+    pub mail: Duration,
+    /// In a transaction, waiting for RCPT or DATA.
+    pub rcpt: Duration,
+    /// After 354, until the first data bytes.
+    pub datainit: Duration,
+    /// Between two reads of message data.
+    pub datablock: Duration,
+    /// After the final dot: the time allowed to make the message durable.
+    pub datafinal: Duration,
+    /// After RSET.
+    pub rset: Duration,
+    /// After QUIT (flushing the 221).
+    pub quit: Duration,
+    /// After NOOP, VRFY, HELP and other commands.
+    pub misc: Duration,
+    /// Cap on every command read.
+    pub command: Duration,
+}
+
+impl Default for Timeouts {
+    /// RFC 5321 §4.5.3.2 values.
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Self {
+            initial: m(5),
+            helo: m(5),
+            mail: m(5),
+            rcpt: m(5),
+            datainit: m(2),
+            datablock: m(3),
+            datafinal: m(10),
+            rset: m(5),
+            quit: m(2),
+            misc: m(2),
+            command: m(5),
+        }
+    }
+}
+
+/// Settings shared by all sessions of a server (built once per config load).
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our name, in the greeting and replies (`$j`).
+    pub hostname: String,
+    /// Largest message accepted, advertised as SIZE.
+    pub max_message_bytes: u64,
+    /// Bare LF/CR inside DATA.
+    pub bare_line_endings: BareLineEndings,
+    /// Per-phase timeouts.
+    pub timeouts: Timeouts,
+    /// Hard cap of recipients per message (RFC 5321 §4.5.3.1.8 requires at least 100).
+    pub max_recipients: usize,
+    /// Unknown commands tolerated; the next one gets 421 (Sendmail's MAXBADCOMMANDS, 25).
+    pub max_bad_commands: u32,
+}
+
+impl SessionConfig {
+    /// Defaults for `hostname`: RFC timeouts, 10 MiB, reject bare LF, 1000 recipients.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            max_message_bytes: 10 * 1024 * 1024,
+            bare_line_endings: BareLineEndings::Reject,
+            timeouts: Timeouts::default(),
+            max_recipients: 1000,
+            max_bad_commands: 25,
+        }
+    }
+}
+
+/// Who is on the other end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The peer address.
+    pub addr: IpAddr,
+    /// The verified host name, when one is known.
+    pub name: Option<String>,
+}
+
+impl ClientInfo {
+    /// `name [addr]` or `[addr]`, as Sendmail shows the client in replies and logs.
+    pub fn display(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} [{}]", sendmail_address(self.addr)),
+            None => format!("[{}]", sendmail_address(self.addr)),
+        }
+    }
+}
+
+/// Sendmail's textual form of an address: IPv4 dotted, IPv6 as `IPv6:` plus the full
+/// uncompressed form (reference, "Standard replies": `[IPv6:0:0:0:0:0:0:0:1]`).
+pub fn sendmail_address(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!(
+                    "IPv6:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}",
+                    s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+                )
+            }
+        },
+    }
+}
+
+/// A question for policy. The session does nothing more until [`Session::answer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// HELO or EHLO with this argument.
+    Helo {
+        /// The argument.
+        name: String,
+        /// EHLO rather than HELO.
+        extended: bool,
+    },
+    /// MAIL FROM.
+    Mail {
+        /// The reverse-path.
+        sender: ReversePath,
+        /// The declared SIZE, if any.
+        size: Option<u64>,
+    },
+    /// RCPT TO (a mailbox, or Postmaster).
+    Rcpt {
+        /// The forward-path.
+        recipient: ReversePath,
+        /// Recipients already accepted in this transaction.
+        accepted: usize,
+    },
+    /// DATA, with at least one accepted recipient.
+    Data,
+}
+
+/// Policy's answer to an [`Ask`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go ahead with the normal reply.
+    Accept,
+    /// Refuse this step with the reply; the session goes on.
+    Reject(Reply),
+    /// Send the reply, then close the connection.
+    Close(Reply),
+}
+
+/// A complete message to be made durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The reverse-path (empty for `<>`).
+    pub sender: String,
+    /// The accepted forward-paths.
+    pub recipients: Vec<String>,
+    /// The HELO/EHLO argument.
+    pub helo: String,
+    /// `ESMTP` after EHLO, `SMTP` after HELO.
+    pub protocol: &'static str,
+    /// The message as received (unstuffed, CRLF), without our Received header.
+    pub data: Vec<u8>,
+}
+
+/// Why the driver could not make a message durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitError {
+    /// Out of space, or the spool refuses more work right now: `452 4.3.1`.
+    Storage,
+    /// Any other failure: `451 4.3.0`.
+    Failed,
+}
+
+/// Something the driver should record (log line, metric). The session has already acted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// No command within the phase's timeout; the connection was closed without a reply.
+    CommandTimeout {
+        /// The timeout that ran out.
+        phase: WaitPhase,
+    },
+    /// No data within `datainit`/`datablock`; `421 4.4.1` was sent.
+    DataTimeout,
+    /// The client closed its side.
+    ClientClosed {
+        /// True when it happened inside DATA (the message is lost, no 250 was given).
+        in_data: bool,
+    },
+    /// A message was refused after its data.
+    MessageRefused {
+        /// The reply given.
+        reply: Reply,
+        /// Message size in bytes.
+        size: u64,
+    },
+    /// The session ended with 421 after too many bad commands.
+    TooManyBadCommands,
+    /// The commit did not finish within `datafinal`; `451` was sent.
+    CommitTimeout,
+}
+
+/// Output of the session other than reply bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A question for policy.
+    Ask(Ask),
+    /// Make this message durable, then call [`Session::commit_done`].
+    Commit(Box<Message>),
+    /// Something to record.
+    Note(Note),
+}
+
+/// Which wait a deadline belongs to (Sendmail's timeout names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPhase {
+    /// `initial`.
+    Initial,
+    /// `helo`.
+    Helo,
+    /// `mail`.
+    Mail,
+    /// `rcpt`.
+    Rcpt,
+    /// `datainit`.
+    DataInit,
+    /// `datablock`.
+    DataBlock,
+    /// `datafinal`.
+    DataFinal,
+    /// `rset`.
+    Rset,
+    /// `quit`.
+    Quit,
+    /// `misc`.
+    Misc,
+}
+
+impl WaitPhase {
+    /// The option name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Helo => "helo",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::DataInit => "datainit",
+            Self::DataBlock => "datablock",
+            Self::DataFinal => "datafinal",
+            Self::Rset => "rset",
+            Self::Quit => "quit",
+            Self::Misc => "misc",
+        }
+    }
+}
+
+/// Counters the driver reads for its end-of-session log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// A MAIL command was issued (Sendmail logs "did not issue MAIL/EXPN/VRFY/ETRN" otherwise).
+    pub mail_issued: bool,
+    /// Messages accepted with 250.
+    pub messages: u32,
+    /// Commands processed.
+    pub commands: u32,
+    /// Unknown commands so far.
+    pub bad_commands: u32,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Reading message data.
+    Data(DataReceiver),
+    /// Waiting for [`Session::answer`].
+    Asking(Pending),
+    /// Waiting for [`Session::commit_done`].
+    Committing,
+    /// Done; the driver should flush and close.
+    Closed,
+}
+
+/// What an outstanding [`Ask`] was about.
+#[derive(Debug)]
+enum Pending {
+    Helo {
+        name: String,
+        extended: bool,
+    },
+    Mail {
+        sender: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        recipient: ReversePath,
+    },
+    Data,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    sender: ReversePath,
+    recipients: Vec<ReversePath>,
+}
+
+#[derive(Debug)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    client: ClientInfo,
+    phase: Phase,
+    /// Unprocessed input (a partial command line, or bytes that arrived while asking).
+    input: Vec<u8>,
+    /// Discarding an over-long command line until its LF.
+    skipping_long_line: bool,
+    output: Vec<u8>,
+    events: VecDeque<Event>,
+    deadline: Option<(Instant, WaitPhase)>,
+    helo: Option<Helo>,
+    tx: Option<Transaction>,
+    queue_id: Option<String>,
+    shutting_down: bool,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A new session whose greeting (dated `date`, the connection time) is already queued.
+    pub fn new(cfg: Arc<SessionConfig>, client: ClientInfo, date: &str, now: Instant) -> Self {
+        let mut s = Self {
+            cfg,
+            client,
+            phase: Phase::Command,
+            input: Vec::new(),
+            skipping_long_line: false,
+            output: Vec::new(),
+            events: VecDeque::new(),
+            deadline: None,
+            helo: None,
+            tx: None,
+            queue_id: None,
+            shutting_down: false,
+            stats: SessionStats::default(),
+        };
+        let greeting = reply::greeting(&s.cfg.hostname, date);
+        s.send(&greeting);
+        s.arm(WaitPhase::Initial, now);
+        s
+    }
+
+    // ----- driver interface -------------------------------------------------------------------
+
+    /// Bytes from the client.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        self.process(now);
+    }
+
+    /// The client closed its side (or the connection broke).
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        let in_data = matches!(self.phase, Phase::Data(_));
+        self.note(Note::ClientClosed { in_data });
+        self.close();
+    }
+
+    /// Call when `now` has reached [`Session::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some((at, phase)) = self.deadline else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        self.deadline = None;
+        match &self.phase {
+            // Sendmail closes without a reply on a command timeout (its 421 is written after
+            // the output is closed), and says so in the log.
+            Phase::Command => {
+                self.note(Note::CommandTimeout { phase });
+                self.close();
+            }
+            Phase::Data(_) => {
+                let r = reply::data_timeout(&self.cfg.hostname);
+                self.send(&r);
+                self.note(Note::DataTimeout);
+                self.close();
+            }
+            Phase::Committing => {
+                // The spool may still finish; the client will retry (a possible duplicate,
+                // never a loss).
+                self.send(&reply::temporary_failure());
+                self.note(Note::CommitTimeout);
+                self.close();
+            }
+            Phase::Asking(_) | Phase::Closed => {}
+        }
+    }
+
+    /// The answer to the last [`Event::Ask`].
+    pub fn answer(&mut self, verdict: Verdict, now: Instant) {
+        if !matches!(self.phase, Phase::Asking(_)) {
+            return; // Closed meanwhile (shutdown), or no question open.
+        }
+        let Phase::Asking(pending) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        match verdict {
+            Verdict::Accept => self.proceed(pending, now),
+            Verdict::Reject(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+            Verdict::Close(r) => {
+                self.send(&r);
+                self.close();
+            }
+        }
+        self.process(now);
+    }
+
+    /// Set by the driver when it accepts MAIL: the id named in the 250 after DATA.
+    pub fn set_queue_id(&mut self, id: impl Into<String>) {
+        self.queue_id = Some(id.into());
+    }
+
+    /// The current transaction's queue id, if any.
+    pub fn queue_id(&self) -> Option<&str> {
+        self.queue_id.as_deref()
+    }
+
+    /// The result of the last [`Event::Commit`].
+    pub fn commit_done(&mut self, result: Result<(), CommitError>, now: Instant) {
+        if !matches!(self.phase, Phase::Committing) {
+            return; // Timed out already, or closed.
+        }
+        self.phase = Phase::Command;
+        let r = match result {
+            Ok(()) => {
+                self.stats.messages += 1;
+                reply::message_accepted(self.queue_id.as_deref().unwrap_or("NOQUEUE"))
+            }
+            Err(CommitError::Storage) => reply::insufficient_storage(),
+            Err(CommitError::Failed) => reply::temporary_failure(),
+        };
+        self.send(&r);
+        self.end_transaction();
+        if self.shutting_down {
+            self.send_shutdown();
+            return;
+        }
+        self.arm(WaitPhase::Mail, now);
+        self.process(now);
+    }
+
+    /// The server is shutting down: an idle session gets `421 4.3.2` and closes at once; a
+    /// session inside DATA or a commit finishes that message first.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        if matches!(self.phase, Phase::Command | Phase::Asking(_)) {
+            self.send_shutdown();
+        }
+    }
+
+    /// Reply bytes to write, in order. The buffer is handed over; the session keeps none.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// True when reply bytes are waiting.
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline.map(|(at, _)| at)
+    }
+
+    /// True when the driver should read more input (not while a question or commit is open).
+    pub fn wants_input(&self) -> bool {
+        matches!(self.phase, Phase::Command | Phase::Data(_))
+    }
+
+    /// True once the session is over: flush the output, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The client.
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// The HELO/EHLO argument, if one was accepted.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// Counters for logging.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Bytes buffered in the session (input and output), for memory accounting.
+    pub fn buffered(&self) -> usize {
+        let data = match &self.phase {
+            Phase::Data(d) => d.stored(),
+            _ => 0,
+        };
+        self.input.capacity() + self.output.capacity() + data
+    }
+
+    // ----- processing -------------------------------------------------------------------------
+
+    /// Consumes buffered input until it runs out or the session must wait.
+    fn process(&mut self, now: Instant) {
+        loop {
+            match &mut self.phase {
+                Phase::Command => {
+                    let Some(line) = self.next_line() else { break };
+                    self.handle_line(&line, now);
+                }
+                Phase::Data(receiver) => {
+                    if self.input.is_empty() {
+                        break;
+                    }
+                    match receiver.ingest(&self.input) {
+                        Some(used) => {
+                            self.input.drain(..used);
+                            self.finish_data(now);
+                        }
+                        None => {
+                            self.input.clear();
+                            self.arm(WaitPhase::DataBlock, now);
+                            break;
+                        }
+                    }
+                }
+                Phase::Asking(_) | Phase::Committing | Phase::Closed => break,
+            }
+        }
+        if self.input.is_empty() && self.input.capacity() > crate::MAX_COMMAND_LINE * 2 {
+            // A pipelined burst or a message went through: give the memory back so an idle
+            // session stays small.
+            self.input = Vec::new();
+        }
+    }
+
+    /// Takes the next complete command line from the input, enforcing the 512-octet limit.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match memchr::memchr(b'\n', &self.input) {
+                Some(lf) if self.skipping_long_line => {
+                    self.input.drain(..=lf);
+                    self.skipping_long_line = false;
+                    self.send(&reply::line_too_long());
+                }
+                Some(lf) if lf < crate::MAX_COMMAND_LINE => {
+                    return Some(self.input.drain(..=lf).collect());
+                }
+                Some(lf) => {
+                    self.input.drain(..=lf);
+                    self.send(&reply::line_too_long());
+                }
+                None if self.input.len() >= crate::MAX_COMMAND_LINE => {
+                    // Keep no more than the limit: discard until the LF arrives.
+                    self.input.clear();
+                    self.skipping_long_line = true;
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    fn handle_line(&mut self, line: &[u8], now: Instant) {
+        self.stats.commands += 1;
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+                return;
+            }
+        };
+        match cmd {
+            Command::Helo(name) => self.ask(Pending::Helo {
+                name,
+                extended: false,
+            }),
+            Command::Ehlo(name) => self.ask(Pending::Helo {
+                name,
+                extended: true,
+            }),
+            Command::Mail(sender, params) => self.cmd_mail(sender, params, now),
+            Command::Rcpt(recipient) => self.cmd_rcpt(recipient, now),
+            Command::Data => self.cmd_data(now),
+            Command::Rset => self.simple(reply::reset(), WaitPhase::Rset, now, true),
+            Command::Noop => self.simple(reply::ok(), WaitPhase::Misc, now, false),
+            Command::Vrfy => self.simple(reply::cannot_vrfy(), WaitPhase::Misc, now, false),
+            Command::Expn | Command::Etrn => {
+                self.simple(reply::not_allowed(), WaitPhase::Misc, now, false);
+            }
+            Command::Help => self.simple(reply::help(), WaitPhase::Misc, now, false),
+            Command::Quit => {
+                let r = reply::closing(&self.cfg.hostname);
+                self.send(&r);
+                self.close();
+            }
+            Command::Unknown => self.cmd_unknown(line, now),
+        }
+    }
+
+    /// A command whose reply is fixed.
+    fn simple(&mut self, r: Reply, wait: WaitPhase, now: Instant, reset: bool) {
+        if reset {
+            self.end_transaction();
+        }
+        self.send(&r);
+        self.arm(wait, now);
+    }
+
+    fn cmd_unknown(&mut self, line: &[u8], now: Instant) {
+        self.stats.bad_commands += 1;
+        if self.stats.bad_commands > self.cfg.max_bad_commands {
+            let r = reply::too_many_bad_commands(&self.cfg.hostname);
+            self.send(&r);
+            self.note(Note::TooManyBadCommands);
+            self.close();
+            return;
+        }
+        self.send(&reply::unrecognized(command::strip_eol(line)));
+        self.arm_for_next_command(now);
+    }
+
+    fn cmd_mail(&mut self, sender: ReversePath, params: MailParams, now: Instant) {
+        let check = if self.helo.is_none() {
+            Some(reply::need_helo())
+        } else if self.tx.is_some() {
+            Some(reply::sender_already_specified())
+        } else {
+            match params.size {
+                Some(size) if size > self.cfg.max_message_bytes => {
+                    Some(reply::size_exceeds_at_mail(self.cfg.max_message_bytes))
+                }
+                _ => None,
+            }
+        };
+        self.stats.mail_issued = true;
+        match check {
+            Some(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+            None => self.ask(Pending::Mail { sender, params }),
+        }
+    }
+
+    fn cmd_rcpt(&mut self, recipient: ReversePath, now: Instant) {
+        let check = match &self.tx {
+            None => Some(reply::need_mail()),
+            Some(tx) if tx.recipients.len() >= self.cfg.max_recipients => {
+                Some(reply::too_many_recipients())
+            }
+            Some(_) => None,
+        };
+        match check {
+            Some(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+            None => self.ask(Pending::Rcpt { recipient }),
+        }
+    }
+
+    fn cmd_data(&mut self, now: Instant) {
+        let check = match &self.tx {
+            None => Some(reply::need_mail()),
+            Some(tx) if tx.recipients.is_empty() => Some(reply::need_rcpt()),
+            Some(_) => None,
+        };
+        match check {
+            Some(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+            None => self.ask(Pending::Data),
+        }
+    }
+
+    /// Queues the question and stops processing until it is answered.
+    fn ask(&mut self, pending: Pending) {
+        let ask = match &pending {
+            Pending::Helo { name, extended } => Ask::Helo {
+                name: name.clone(),
+                extended: *extended,
+            },
+            Pending::Mail { sender, params } => Ask::Mail {
+                sender: sender.clone(),
+                size: params.size,
+            },
+            Pending::Rcpt { recipient } => Ask::Rcpt {
+                recipient: recipient.clone(),
+                accepted: self.tx.as_ref().map_or(0, |t| t.recipients.len()),
+            },
+            Pending::Data => Ask::Data,
+        };
+        // No deadline while policy thinks: the driver bounds its own work.
+        self.deadline = None;
+        self.events.push_back(Event::Ask(ask));
+        self.phase = Phase::Asking(pending);
+    }
+
+    /// Policy accepted: perform the step and give the normal reply.
+    fn proceed(&mut self, pending: Pending, now: Instant) {
+        match pending {
+            Pending::Helo { name, extended } => {
+                self.end_transaction();
+                let client = self.client.display();
+                let r = if extended {
+                    reply::ehlo(&self.cfg.hostname, &client, &self.extensions())
+                } else {
+                    reply::helo(&self.cfg.hostname, &client)
+                };
+                self.helo = Some(Helo { name, extended });
+                self.send(&r);
+                self.arm(WaitPhase::Mail, now);
+            }
+            Pending::Mail { sender, .. } => {
+                self.send(&reply::sender_ok(&sender));
+                self.tx = Some(Transaction {
+                    sender,
+                    recipients: Vec::new(),
+                });
+                self.arm(WaitPhase::Rcpt, now);
+            }
+            Pending::Rcpt { recipient } => {
+                self.send(&reply::recipient_ok(&recipient));
+                if let Some(tx) = &mut self.tx {
+                    tx.recipients.push(recipient);
+                }
+                self.arm(WaitPhase::Rcpt, now);
+            }
+            Pending::Data => {
+                self.send(&reply::start_data());
+                let receiver =
+                    DataReceiver::new(self.cfg.max_message_bytes, self.cfg.bare_line_endings);
+                self.phase = Phase::Data(receiver);
+                self.arm(WaitPhase::DataInit, now);
+            }
+        }
+    }
+
+    fn extensions(&self) -> Vec<String> {
+        vec![
+            "ENHANCEDSTATUSCODES".into(),
+            "PIPELINING".into(),
+            "8BITMIME".into(),
+            format!("SIZE {}", self.cfg.max_message_bytes),
+            "SMTPUTF8".into(),
+            "HELP".into(),
+        ]
+    }
+
+    /// The final dot arrived.
+    fn finish_data(&mut self, now: Instant) {
+        let Phase::Data(receiver) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let size = receiver.size();
+        match receiver.finish() {
+            Ok(data) => {
+                let Some(tx) = self.tx.as_ref() else {
+                    return;
+                };
+                let (helo, protocol) = match &self.helo {
+                    Some(h) => (h.name.clone(), if h.extended { "ESMTP" } else { "SMTP" }),
+                    None => (String::new(), "SMTP"),
+                };
+                let message = Message {
+                    sender: tx.sender.to_string(),
+                    recipients: tx.recipients.iter().map(ToString::to_string).collect(),
+                    helo,
+                    protocol,
+                    data,
+                };
+                self.events.push_back(Event::Commit(Box::new(message)));
+                self.phase = Phase::Committing;
+                self.arm(WaitPhase::DataFinal, now);
+            }
+            Err(problem) => {
+                let r = match problem {
+                    DataProblem::TooBig => reply::size_exceeds(),
+                    DataProblem::BareLineEnding => reply::bare_line_ending(),
+                    DataProblem::LineTooLong => reply::text_line_too_long(),
+                };
+                self.send(&r);
+                self.note(Note::MessageRefused { reply: r, size });
+                self.end_transaction();
+                if self.shutting_down {
+                    self.send_shutdown();
+                } else {
+                    self.arm(WaitPhase::Mail, now);
+                }
+            }
+        }
+    }
+
+    // ----- helpers ----------------------------------------------------------------------------
+
+    /// Every reply goes through here (design.md §3.8). A 421 closes the session.
+    fn send(&mut self, r: &Reply) {
+        r.write_to(&mut self.output);
+        if r.closes() {
+            self.close();
+        }
+    }
+
+    fn send_shutdown(&mut self) {
+        let r = reply::shutting_down(&self.cfg.hostname);
+        self.send(&r);
+    }
+
+    fn note(&mut self, note: Note) {
+        self.events.push_back(Event::Note(note));
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.deadline = None;
+        self.input = Vec::new();
+    }
+
+    fn end_transaction(&mut self) {
+        self.tx = None;
+        self.queue_id = None;
+    }
+
+    /// Starts the timer for the next wait; the phase's value is capped by `command`.
+    fn arm(&mut self, phase: WaitPhase, now: Instant) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        let t = &self.cfg.timeouts;
+        let d = match phase {
+            WaitPhase::Initial => t.initial,
+            WaitPhase::Helo => t.helo,
+            WaitPhase::Mail => t.mail,
+            WaitPhase::Rcpt => t.rcpt,
+            WaitPhase::DataInit => t.datainit,
+            WaitPhase::DataBlock => t.datablock,
+            WaitPhase::DataFinal => t.datafinal,
+            WaitPhase::Rset => t.rset,
+            WaitPhase::Quit => t.quit,
+            WaitPhase::Misc => t.misc,
+        };
+        let d = match phase {
+            // Data and commit waits are not command reads.
+            WaitPhase::DataInit | WaitPhase::DataBlock | WaitPhase::DataFinal => d,
+            _ => d.min(t.command),
+        };
+        self.deadline = Some((now + d, phase));
+    }
+
+    /// After an error reply: the wait that fits where the dialogue stands.
+    fn arm_for_next_command(&mut self, now: Instant) {
+        let phase = match (&self.helo, &self.tx) {
+            (None, _) => WaitPhase::Helo,
+            (Some(_), None) => WaitPhase::Mail,
+            (Some(_), Some(_)) => WaitPhase::Rcpt,
+        };
+        self.arm(phase, now);
+    }
+}
+
+/// Our `Received:` header (RFC 5321 §4.4), prepended to the message when it is spooled.
+///
+/// `for <addr>` is given only for a single recipient, so a message to many does not disclose
+/// the others.
+pub fn received_header(
+    hostname: &str,
+    client: &ClientInfo,
+    helo: &str,
+    protocol: &str,
+    queue_id: &str,
+    recipients: &[String],
+    date: &str,
+) -> String {
+    let from_name = client.name.as_deref().unwrap_or("");
+    let addr = sendmail_address(client.addr);
+    let helo = reply::printable(helo.as_bytes(), 100);
+    let mut h = format!(
+        "Received: from {helo} ({from_name}{sep}[{addr}])\r\n\tby {hostname} (Portcullis) with {protocol} id {queue_id}",
+        sep = if from_name.is_empty() { "" } else { " " },
+    );
+    if let [only] = recipients {
+        h.push_str(&format!("\r\n\tfor <{only}>"));
+    }
+    h.push_str(&format!("; {date}\r\n"));
+    h
+}

@@ -1,0 +1,617 @@
+//! Session tests: scripted client bytes, synthetic time, no runtime (design.md §5).
+//!
+//! A tiny harness plays the driver: it answers every question with a policy closure, commits
+//! messages at once (or fails them), and collects replies and notes.
+
+// A test may read the clock once for its starting instant; helpers unwrap freely.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_smtp::{
+    Ask, BareLineEndings, ClientInfo, CommitError, Event, Message, Note, ReversePath, Session,
+    SessionConfig, Verdict, WaitPhase, received_header, reply,
+};
+
+struct Harness {
+    session: Session,
+    now: Instant,
+    policy: Box<dyn FnMut(&Ask) -> Verdict>,
+    commit: Result<(), CommitError>,
+    /// Commit answers are held back while this is true (to test waiting and timeouts).
+    hold_commits: bool,
+    committed: Vec<Message>,
+    notes: Vec<Note>,
+    asks: Vec<Ask>,
+    out: String,
+}
+
+fn config() -> SessionConfig {
+    let mut cfg = SessionConfig::new("mx.example.test");
+    cfg.max_message_bytes = 1000;
+    cfg
+}
+
+fn harness_with(cfg: SessionConfig, addr: IpAddr) -> Harness {
+    let now = Instant::now();
+    let client = ClientInfo { addr, name: None };
+    let session = Session::new(
+        Arc::new(cfg),
+        client,
+        "Sat, 21 Nov 2026 11:46:10 +0000",
+        now,
+    );
+    let mut h = Harness {
+        session,
+        now,
+        policy: Box::new(|_| Verdict::Accept),
+        commit: Ok(()),
+        hold_commits: false,
+        committed: Vec::new(),
+        notes: Vec::new(),
+        asks: Vec::new(),
+        out: String::new(),
+    };
+    h.pump();
+    h
+}
+
+fn harness() -> Harness {
+    harness_with(config(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+}
+
+impl Harness {
+    /// Sends bytes and returns the replies they produced.
+    fn send(&mut self, bytes: &[u8]) -> String {
+        assert!(self.session.wants_input(), "session does not want input");
+        self.session.handle_input(bytes, self.now);
+        self.pump()
+    }
+
+    /// Plays the driver until the session waits for the client again.
+    fn pump(&mut self) -> String {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::Ask(ask) => {
+                    if let Ask::Mail { .. } = ask {
+                        self.session.set_queue_id("6ALBkAGx022139");
+                    }
+                    let v = (self.policy)(&ask);
+                    self.asks.push(ask);
+                    self.session.answer(v, self.now);
+                }
+                Event::Commit(m) => {
+                    self.committed.push(*m);
+                    if !self.hold_commits {
+                        self.session.commit_done(self.commit, self.now);
+                    }
+                }
+                Event::Note(n) => self.notes.push(n),
+            }
+        }
+        let bytes = self.session.take_output();
+        let text = String::from_utf8(bytes).unwrap();
+        self.out.push_str(&text);
+        text
+    }
+
+    fn advance(&mut self, d: Duration) -> String {
+        self.now += d;
+        if self.session.poll_timeout().is_some_and(|at| at <= self.now) {
+            self.session.handle_timeout(self.now);
+        }
+        self.pump()
+    }
+
+    fn ehlo(&mut self) {
+        let r = self.send(b"EHLO client.example.org\r\n");
+        assert!(
+            r.starts_with("250-mx.example.test Hello [192.0.2.1], pleased to meet you\r\n"),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn greeting_then_normal_transaction() {
+    let mut h = harness();
+    assert_eq!(
+        h.out,
+        "220 mx.example.test ESMTP Portcullis; Sat, 21 Nov 2026 11:46:10 +0000\r\n"
+    );
+    let r = h.send(b"EHLO client.example.org\r\n");
+    assert_eq!(
+        r,
+        "250-mx.example.test Hello [192.0.2.1], pleased to meet you\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n\
+         250-SMTPUTF8\r\n250 HELP\r\n"
+    );
+    assert_eq!(
+        h.send(b"MAIL FROM:<alice@example.org>\r\n"),
+        "250 2.1.0 <alice@example.org>... Sender ok\r\n"
+    );
+    assert_eq!(
+        h.send(b"RCPT TO:<bob@localhost>\r\n"),
+        "250 2.1.5 <bob@localhost>... Recipient ok\r\n"
+    );
+    assert_eq!(
+        h.send(b"DATA\r\n"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    assert_eq!(h.send(b"Subject: hi\r\n\r\n..dot\r\n"), "");
+    assert_eq!(
+        h.send(b".\r\n"),
+        "250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n"
+    );
+    assert_eq!(
+        h.send(b"QUIT\r\n"),
+        "221 2.0.0 mx.example.test closing connection\r\n"
+    );
+    assert!(h.session.is_closed());
+    let m = &h.committed[0];
+    assert_eq!(
+        (m.sender.as_str(), m.recipients.clone(), m.protocol),
+        (
+            "alice@example.org",
+            vec!["bob@localhost".to_string()],
+            "ESMTP"
+        )
+    );
+    assert_eq!(m.data, b"Subject: hi\r\n\r\n.dot\r\n");
+    assert_eq!(h.session.stats().messages, 1);
+}
+
+#[test]
+fn helo_and_simple_commands_match_sendmail() {
+    let mut h = harness();
+    assert_eq!(
+        h.send(b"HELO client.example.org\r\n"),
+        "250 mx.example.test Hello [192.0.2.1], pleased to meet you\r\n"
+    );
+    assert_eq!(h.send(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert_eq!(h.send(b"RSET\r\n"), "250 2.0.0 Reset state\r\n");
+    assert!(h.send(b"VRFY root\r\n").starts_with("252 2.5.2 "));
+    assert_eq!(
+        h.send(b"EXPN root\r\n"),
+        "502 5.7.0 Sorry, we do not allow this operation\r\n"
+    );
+    assert!(
+        h.send(b"HELP\r\n")
+            .ends_with("214 2.0.0 End of HELP info\r\n")
+    );
+    assert_eq!(
+        h.send(b"FOOBAR baz\r\n"),
+        "500 5.5.1 Command unrecognized: \"FOOBAR baz\"\r\n"
+    );
+    assert_eq!(h.send(b"\r\n"), "500 5.5.1 Command unrecognized: \"\"\r\n");
+}
+
+#[test]
+fn sequence_errors() {
+    let mut h = harness();
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.c>\r\n"),
+        "503 5.5.1 Polite people say HELO first\r\n"
+    );
+    h.ehlo();
+    assert_eq!(
+        h.send(b"RCPT TO:<a@b.c>\r\n"),
+        "503 5.5.1 Need MAIL before RCPT\r\n"
+    );
+    assert_eq!(h.send(b"DATA\r\n"), "503 5.5.1 Need MAIL before RCPT\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\n");
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.c>\r\n"),
+        "503 5.5.1 Sender already specified\r\n"
+    );
+    assert_eq!(h.send(b"DATA\r\n"), "503 5.5.1 Need RCPT (recipient)\r\n");
+    // RSET ends the transaction; MAIL works again.
+    h.send(b"RSET\r\n");
+    assert!(
+        h.send(b"MAIL FROM:<>\r\n")
+            .starts_with("250 2.1.0 <>... Sender ok")
+    );
+}
+
+#[test]
+fn policy_rejections_are_sent_and_the_session_goes_on() {
+    let mut h = harness();
+    h.policy = Box::new(|ask| match ask {
+        Ask::Rcpt {
+            recipient: ReversePath::Mailbox(m),
+            ..
+        } if m.local == "nobody" => Verdict::Reject(reply::user_unknown(m)),
+        Ask::Rcpt {
+            recipient: ReversePath::Mailbox(m),
+            ..
+        } if m.domain != "localhost" => Verdict::Reject(reply::relaying_denied(m)),
+        _ => Verdict::Accept,
+    });
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@b.c>\r\n");
+    assert_eq!(
+        h.send(b"RCPT TO:<nobody@localhost>\r\n"),
+        "550 5.1.1 <nobody@localhost>... User unknown\r\n"
+    );
+    assert_eq!(
+        h.send(b"RCPT TO:<x@elsewhere.example>\r\n"),
+        "550 5.7.1 <x@elsewhere.example>... Relaying denied\r\n"
+    );
+    assert_eq!(h.send(b"DATA\r\n"), "503 5.5.1 Need RCPT (recipient)\r\n");
+    assert!(
+        h.send(b"RCPT TO:<alice@localhost>\r\n")
+            .starts_with("250 2.1.5")
+    );
+    assert_eq!(
+        h.send(b"DATA\r\n"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    assert!(h.send(b"x\r\n.\r\n").starts_with("250 2.0.0"));
+    assert_eq!(
+        h.committed[0].recipients,
+        vec!["alice@localhost".to_string()]
+    );
+}
+
+#[test]
+fn verdict_close_ends_the_session() {
+    let mut h = harness();
+    h.policy = Box::new(|_| {
+        Verdict::Close(portcullis_smtp::Reply::new(
+            421,
+            "4.7.0 mx.example.test go away",
+        ))
+    });
+    assert_eq!(
+        h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n"),
+        "421 4.7.0 mx.example.test go away\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(!h.session.wants_input());
+}
+
+#[test]
+fn pipelined_group_is_answered_in_order_in_one_output() {
+    let mut h = harness();
+    h.ehlo();
+    let r = h.send(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@localhost>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n\
+          Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        r,
+        "250 2.1.0 <alice@example.org>... Sender ok\r\n\
+         250 2.1.5 <a@localhost>... Recipient ok\r\n\
+         250 2.1.5 <b@localhost>... Recipient ok\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n\
+         250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n\
+         221 2.0.0 mx.example.test closing connection\r\n"
+    );
+    assert_eq!(h.committed[0].data, b"Subject: x\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn input_split_at_every_byte_gives_the_same_dialogue() {
+    let script: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nhi\r\n..\r\n.\r\nQUIT\r\n";
+    let mut whole = harness();
+    whole.send(script);
+    // One byte at a time, as a slow client would.
+    let mut bytewise = harness();
+    for b in script {
+        if bytewise.session.wants_input() {
+            bytewise.send(std::slice::from_ref(b));
+        }
+    }
+    assert_eq!(whole.out, bytewise.out);
+    assert_eq!(whole.committed, bytewise.committed);
+}
+
+#[test]
+fn no_250_until_the_commit_is_done() {
+    let mut h = harness();
+    h.hold_commits = true;
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    assert_eq!(h.send(b"x\r\n.\r\nNOOP\r\n"), "");
+    assert!(!h.session.wants_input(), "must not read while committing");
+    h.session.commit_done(Ok(()), h.now);
+    // The pipelined NOOP is processed only after the 250.
+    assert_eq!(
+        h.pump(),
+        "250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n250 2.0.0 OK\r\n"
+    );
+}
+
+#[test]
+fn storage_failure_is_452_and_nothing_is_acknowledged() {
+    let mut h = harness();
+    h.commit = Err(CommitError::Storage);
+    h.ehlo();
+    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(
+        r.ends_with(
+            "354 End data with <CR><LF>.<CR><LF>\r\n452 4.3.1 Insufficient system storage\r\n"
+        ),
+        "{r}"
+    );
+    assert!(!r.contains("Message accepted"));
+    assert_eq!(h.session.stats().messages, 0);
+}
+
+#[test]
+fn oversize_message_is_read_to_the_end_then_552() {
+    let mut h = harness();
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    let big = vec![b'x'; 70];
+    for _ in 0..100 {
+        let mut line = big.clone();
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(h.send(&line), "");
+        assert!(
+            h.session.buffered() < 4096,
+            "buffered {}",
+            h.session.buffered()
+        );
+    }
+    assert_eq!(
+        h.send(b".\r\n"),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert!(h.committed.is_empty());
+    assert!(matches!(h.notes.last(), Some(Note::MessageRefused { .. })));
+    // The session is usable again.
+    assert!(h.send(b"MAIL FROM:<a@b.c>\r\n").starts_with("250 2.1.0"));
+}
+
+#[test]
+fn size_parameter_over_limit_refused_at_mail() {
+    let mut h = harness();
+    h.ehlo();
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.c> SIZE=1001\r\n"),
+        "552 5.3.4 Message size exceeds fixed maximum message size (1000)\r\n"
+    );
+    assert!(
+        h.send(b"MAIL FROM:<a@b.c> SIZE=1000\r\n")
+            .starts_with("250")
+    );
+}
+
+#[test]
+fn smuggled_commands_after_bare_lf_dot_are_never_executed() {
+    let mut h = harness();
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    let r = h.send(
+        b"hi\r\n.\nMAIL FROM:<evil@x.y>\r\nRCPT TO:<victim@localhost>\r\nDATA\r\nevil\r\n.\r\n",
+    );
+    // One reply only: the whole thing was one message, refused for its bare LF.
+    assert_eq!(r, "550 5.6.0 bare LF or CR in message\r\n");
+    assert!(h.committed.is_empty());
+    assert_eq!(
+        h.asks
+            .iter()
+            .filter(|a| matches!(a, Ask::Mail { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn bare_lf_normalized_when_configured() {
+    let mut cfg = config();
+    cfg.bare_line_endings = BareLineEndings::Normalize;
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    assert!(h.send(b"a\nb\r\n.\r\n").starts_with("250 2.0.0"));
+    assert_eq!(h.committed[0].data, b"a\r\nb\r\n");
+}
+
+#[test]
+fn command_line_limit_is_512_octets() {
+    let mut h = harness();
+    let mut ok = b"NOOP ".to_vec();
+    ok.resize(510, b'a');
+    ok.extend_from_slice(b"\r\n");
+    assert_eq!(h.send(&ok), "250 2.0.0 OK\r\n");
+    let mut long = b"NOOP ".to_vec();
+    long.resize(5000, b'a');
+    // Sent in pieces: the session never holds more than the limit.
+    for chunk in long.chunks(700) {
+        assert_eq!(h.send(chunk), "");
+        assert!(h.session.buffered() <= 4096);
+    }
+    assert_eq!(
+        h.send(b"\r\nNOOP\r\n"),
+        "500 5.5.0 Command line too long\r\n250 2.0.0 OK\r\n"
+    );
+}
+
+#[test]
+fn twenty_sixth_unknown_command_closes_with_421() {
+    let mut h = harness();
+    for _ in 0..25 {
+        assert!(h.send(b"FOO\r\n").starts_with("500 5.5.1"));
+    }
+    assert_eq!(
+        h.send(b"FOO\r\n"),
+        "421 4.7.0 mx.example.test Too many bad commands; closing connection\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(h.notes.contains(&Note::TooManyBadCommands));
+}
+
+#[test]
+fn nul_bytes_and_garbage_never_break_the_session() {
+    let mut h = harness();
+    let r = h.send(b"\x00\x00\xff\xfe\r\nEHLO \x00\r\nMAIL FROM:<\x00@x>\r\n");
+    assert_eq!(
+        r,
+        "500 5.5.1 Command unrecognized: \"\\x00\\x00\\xff\\xfe\"\r\n501 5.5.4 Invalid domain name\r\n501 5.1.7 Bad sender address syntax\r\n"
+    );
+}
+
+#[test]
+fn command_timeout_closes_without_reply_and_is_noted() {
+    let mut h = harness();
+    h.ehlo();
+    assert_eq!(h.advance(Duration::from_secs(299)), "");
+    assert!(!h.session.is_closed());
+    assert_eq!(h.advance(Duration::from_secs(1)), "");
+    assert!(h.session.is_closed());
+    assert_eq!(
+        h.notes,
+        vec![Note::CommandTimeout {
+            phase: WaitPhase::Mail
+        }]
+    );
+}
+
+#[test]
+fn phase_timeouts_are_capped_by_command() {
+    let mut cfg = config();
+    cfg.timeouts.initial = Duration::from_secs(600);
+    cfg.timeouts.command = Duration::from_secs(30);
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    h.advance(Duration::from_secs(30));
+    assert_eq!(
+        h.notes,
+        vec![Note::CommandTimeout {
+            phase: WaitPhase::Initial
+        }]
+    );
+}
+
+#[test]
+fn data_timeout_sends_421_4_4_1() {
+    let mut cfg = config();
+    cfg.timeouts.datablock = Duration::from_secs(5);
+    cfg.timeouts.datainit = Duration::from_secs(7);
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    assert_eq!(
+        h.advance(Duration::from_secs(6)),
+        "",
+        "datainit (7s) applies before the first data"
+    );
+    h.send(b"some data\r\n");
+    assert_eq!(
+        h.advance(Duration::from_secs(5)),
+        "421 4.4.1 mx.example.test Timeout waiting for data\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(h.notes.contains(&Note::DataTimeout));
+    assert!(h.committed.is_empty());
+}
+
+#[test]
+fn commit_timeout_answers_451() {
+    let mut h = harness();
+    h.hold_commits = true;
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        h.advance(Duration::from_secs(600)),
+        "451 4.3.0 Temporary system failure. Please try again later.\r\n"
+    );
+    // A late commit result changes nothing.
+    h.session.commit_done(Ok(()), h.now);
+    assert_eq!(h.pump(), "");
+}
+
+#[test]
+fn shutdown_idle_session_gets_421() {
+    let mut h = harness();
+    h.ehlo();
+    h.session.shutdown();
+    assert_eq!(
+        h.pump(),
+        "421 4.3.2 mx.example.test Service shutting down\r\n"
+    );
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn shutdown_during_data_lets_the_message_finish() {
+    let mut h = harness();
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\npart\r\n");
+    h.session.shutdown();
+    assert_eq!(h.pump(), "");
+    assert_eq!(
+        h.send(b"rest\r\n.\r\n"),
+        "250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n421 4.3.2 mx.example.test Service shutting down\r\n"
+    );
+    assert_eq!(h.committed.len(), 1);
+}
+
+#[test]
+fn eof_in_data_loses_nothing_acknowledged() {
+    let mut h = harness();
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\npart\r\n");
+    h.session.handle_eof(h.now);
+    h.pump();
+    assert!(h.committed.is_empty());
+    assert_eq!(h.notes, vec![Note::ClientClosed { in_data: true }]);
+}
+
+#[test]
+fn recipient_hard_cap() {
+    let mut cfg = config();
+    cfg.max_recipients = 2;
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n");
+    h.send(b"RCPT TO:<a@localhost>\r\nRCPT TO:<b@localhost>\r\n");
+    assert_eq!(
+        h.send(b"RCPT TO:<c@localhost>\r\n"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+}
+
+#[test]
+fn ipv6_clients_shown_in_sendmail_form() {
+    let mut h = harness_with(config(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert_eq!(
+        h.send(b"HELO x\r\n"),
+        "250 mx.example.test Hello [IPv6:0:0:0:0:0:0:0:1], pleased to meet you\r\n"
+    );
+}
+
+#[test]
+fn received_header_format() {
+    let client = ClientInfo {
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        name: Some("localhost".into()),
+    };
+    let h = received_header(
+        "mx.example.test",
+        &client,
+        "c.example",
+        "ESMTP",
+        "QID1",
+        &["a@localhost".into()],
+        "DATE",
+    );
+    assert_eq!(
+        h,
+        "Received: from c.example (localhost [127.0.0.1])\r\n\tby mx.example.test (Portcullis) with ESMTP id QID1\r\n\tfor <a@localhost>; DATE\r\n"
+    );
+    let anon = ClientInfo {
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        name: None,
+    };
+    let h = received_header(
+        "mx",
+        &anon,
+        "c",
+        "SMTP",
+        "Q",
+        &["a@x".into(), "b@x".into()],
+        "D",
+    );
+    assert_eq!(
+        h,
+        "Received: from c ([127.0.0.1])\r\n\tby mx (Portcullis) with SMTP id Q; D\r\n"
+    );
+}

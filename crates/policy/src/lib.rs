@@ -1,1 +1,16 @@
-//! placeholder
+//! Pure policy decisions for Portcullis.
+//!
+//! Role: answer the session's questions ([`portcullis_smtp::Ask`]) with a
+//! [`portcullis_smtp::Verdict`]. Every defence will live here as one module with the same
+//! shape (design.md §3: detection apart from action, time as an argument); today the crate
+//! holds the one decision every MX needs, which recipients are ours ([`recipients`]).
+//!
+//! Must not: perform I/O, read the clock, or depend on tokio. Everything it needs (users,
+//! domains, counters) is passed in, so each decision is a plain function testable with tables
+//! and golden scripts.
+
+#![warn(missing_docs)]
+
+pub mod recipients;
+
+pub use recipients::{LocalRecipients, RecipientVerdict};

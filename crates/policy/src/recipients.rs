@@ -1,0 +1,249 @@
+//! Which recipients we accept: local domains and users; never an open relay.
+//!
+//! Defends against: open relaying (RFC 5321 §3.9, §7.1) and, with a user list, directory
+//! harvesting that would otherwise reach the mail store. Sendmail equivalents: class `w`
+//! (local host names, `Cw`), the local user database / aliases (`550 5.1.1 User unknown`),
+//! and `check_rcpt` relay denial (`550 5.7.1 ... Relaying denied`).
+//!
+//! Rules: a recipient whose domain is one of ours is accepted when the user list is empty
+//! (every local part) or lists the local part (case-insensitive); otherwise
+//! `550 5.1.1 <addr>... User unknown`. `<Postmaster>` is always accepted (RFC 5321 §4.5.1).
+//! Any other domain, and every address literal, is `550 5.7.1 <addr>... Relaying denied`
+//! (relay rules come with the relay issue).
+//!
+//! When every local part is accepted, the local part becomes a mailbox directory name, so it
+//! must be a safe one: a quoted local part, or one with characters outside
+//! `[a-z0-9._+-]`, or one starting with a dot, is "User unknown" rather than a path.
+//! The classic relay tricks (`user%other@local`, `user!host@local`, `"a@b"@local`) are local
+//! parts that no user list names and that fail that check, so they are refused.
+
+use std::collections::HashSet;
+
+use portcullis_smtp::{Mailbox, Reply, ReversePath, Verdict, reply};
+
+/// The outcome for one recipient, before it becomes a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipientVerdict {
+    /// Ours: deliver to this mailbox directory (`domain`, `local`), both lowercased.
+    Local {
+        /// The local domain, lowercased.
+        domain: String,
+        /// The mailbox name, lowercased.
+        local: String,
+    },
+    /// `<Postmaster>` without a domain.
+    Postmaster,
+    /// A local domain but no such user.
+    UnknownUser,
+    /// Not ours and not relayable.
+    RelayDenied,
+}
+
+/// The local domains and users, resolved from the configuration once per load.
+#[derive(Clone, Debug, Default)]
+pub struct LocalRecipients {
+    domains: Vec<String>,
+    users: HashSet<String>,
+}
+
+impl LocalRecipients {
+    /// `domains` and `users` as configured (any case; a trailing dot on a domain is ignored).
+    pub fn new(
+        domains: impl IntoIterator<Item = String>,
+        users: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            domains: domains.into_iter().map(|d| normalize_domain(&d)).collect(),
+            users: users.into_iter().map(|u| u.to_lowercase()).collect(),
+        }
+    }
+
+    /// True when `domain` is one of ours.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let d = normalize_domain(domain);
+        self.domains.contains(&d)
+    }
+
+    /// The first local domain (where mail to `<Postmaster>` is delivered).
+    pub fn primary_domain(&self) -> Option<&str> {
+        self.domains.first().map(String::as_str)
+    }
+
+    /// Classifies a RCPT forward-path.
+    pub fn classify(&self, path: &ReversePath) -> RecipientVerdict {
+        let mailbox = match path {
+            ReversePath::Postmaster => return RecipientVerdict::Postmaster,
+            ReversePath::Null => return RecipientVerdict::RelayDenied,
+            ReversePath::Mailbox(m) => m,
+        };
+        if mailbox.is_address_literal() || !self.is_local_domain(&mailbox.domain) {
+            return RecipientVerdict::RelayDenied;
+        }
+        let local = mailbox.local.to_lowercase();
+        let known = if self.users.is_empty() {
+            !mailbox.quoted && is_safe_mailbox_name(&local)
+        } else {
+            // A listed user is safe by construction (the config refuses unsafe names).
+            !mailbox.quoted && self.users.contains(&local)
+        };
+        if known {
+            RecipientVerdict::Local {
+                domain: normalize_domain(&mailbox.domain),
+                local,
+            }
+        } else {
+            RecipientVerdict::UnknownUser
+        }
+    }
+
+    /// The verdict and reply for RCPT (the session's question).
+    pub fn check_rcpt(&self, path: &ReversePath) -> Verdict {
+        match (self.classify(path), path) {
+            (RecipientVerdict::Local { .. } | RecipientVerdict::Postmaster, _) => Verdict::Accept,
+            (RecipientVerdict::UnknownUser, ReversePath::Mailbox(m)) => {
+                Verdict::Reject(reply::user_unknown(m))
+            }
+            (_, ReversePath::Mailbox(m)) => Verdict::Reject(reply::relaying_denied(m)),
+            (_, _) => Verdict::Reject(Reply::new(550, "5.1.3 Bad recipient address syntax")),
+        }
+    }
+
+    /// Where mail to this mailbox goes, if it is ours (used at delivery time, after the
+    /// message was accepted for it).
+    pub fn mailbox_for(&self, recipient: &Mailbox) -> Option<(String, String)> {
+        match self.classify(&ReversePath::Mailbox(recipient.clone())) {
+            RecipientVerdict::Local { domain, local } => Some((domain, local)),
+            _ => None,
+        }
+    }
+}
+
+fn normalize_domain(d: &str) -> String {
+    d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase()
+}
+
+/// A local part we are willing to turn into a directory name.
+fn is_safe_mailbox_name(local: &str) -> bool {
+    !local.is_empty()
+        && !local.starts_with('.')
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(s: &str) -> ReversePath {
+        portcullis_smtp::address::parse_path(s).unwrap()
+    }
+
+    fn open_users() -> LocalRecipients {
+        LocalRecipients::new(["localhost".into(), "Example.TEST.".into()], Vec::new())
+    }
+
+    fn listed_users() -> LocalRecipients {
+        LocalRecipients::new(["localhost".into()], ["Alice".into(), "bob".into()])
+    }
+
+    #[test]
+    fn classifies_recipients() {
+        let local = |d: &str, l: &str| RecipientVerdict::Local {
+            domain: d.into(),
+            local: l.into(),
+        };
+        let table: &[(&LocalRecipients, &str, RecipientVerdict)] = &[
+            (
+                &open_users(),
+                "alice@localhost",
+                local("localhost", "alice"),
+            ),
+            (
+                &open_users(),
+                "Alice@LOCALHOST",
+                local("localhost", "alice"),
+            ),
+            (&open_users(), "x@example.test", local("example.test", "x")),
+            (&open_users(), "Postmaster", RecipientVerdict::Postmaster),
+            (
+                &open_users(),
+                "x@elsewhere.example",
+                RecipientVerdict::RelayDenied,
+            ),
+            (
+                &open_users(),
+                "x@[127.0.0.1]",
+                RecipientVerdict::RelayDenied,
+            ),
+            // Relay tricks aimed at a local domain are never turned into mailboxes.
+            (
+                &open_users(),
+                "user%other.example@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &open_users(),
+                "other.example!user@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &open_users(),
+                "\"user@other.example\"@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &open_users(),
+                "@localhost:user@other.example",
+                RecipientVerdict::RelayDenied,
+            ),
+            (
+                &open_users(),
+                "\"a\"@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &open_users(),
+                "a/b@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &listed_users(),
+                "alice@localhost",
+                local("localhost", "alice"),
+            ),
+            (&listed_users(), "BOB@localhost", local("localhost", "bob")),
+            (
+                &listed_users(),
+                "carol@localhost",
+                RecipientVerdict::UnknownUser,
+            ),
+            (
+                &listed_users(),
+                "alice@elsewhere.example",
+                RecipientVerdict::RelayDenied,
+            ),
+        ];
+        for (policy, input, want) in table {
+            assert_eq!(&policy.classify(&path(input)), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn replies_match_sendmail() {
+        let p = listed_users();
+        assert_eq!(p.check_rcpt(&path("alice@localhost")), Verdict::Accept);
+        let text = |v: Verdict| match v {
+            Verdict::Reject(r) => r.to_log_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            text(p.check_rcpt(&path("carol@localhost"))),
+            "550 5.1.1 <carol@localhost>... User unknown"
+        );
+        assert_eq!(
+            text(p.check_rcpt(&path("x@relay.example"))),
+            "550 5.7.1 <x@relay.example>... Relaying denied"
+        );
+    }
+}

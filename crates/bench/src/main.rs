@@ -1,1 +1,97 @@
-fn main() {}
+//! portcullis-bench: load generator for measuring a Portcullis (or any SMTP)
+//! server on this machine — `throughput` (messages/s, latency) and `held`
+//! (server memory per idle connection).
+//!
+//! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
+//! time or count bound, or touch the server other than over SMTP and /proc reads.
+
+mod clock;
+#[cfg(test)]
+mod fake;
+mod held;
+mod message;
+mod smtp;
+mod throughput;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Load generator and benchmark scenarios for Portcullis (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis-bench",
+    long_about = "Load generator and benchmark scenarios for Portcullis.\n\n\
+        It measures the SMTP server at the address given (loopback only: 127.0.0.0/8 or ::1). \
+        The client runs on a tokio runtime with 2 worker threads, because the target machine \
+        has 2 cores and the server shares them; results therefore depend on the machine's \
+        core count and on what else runs there."
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Concurrent sessions sending messages; reports msg/s and latency percentiles
+    ///
+    /// Runs on 2 tokio worker threads (the machine has 2 cores, shared with the
+    /// server), so the figures depend on the core count.
+    Throughput(throughput::ThroughputConfig),
+    /// Holds many idle connections; reports server PSS/RSS per connection
+    ///
+    /// Runs on 2 tokio worker threads (the machine has 2 cores, shared with the
+    /// server). Pass several --sources to exceed one address's ephemeral ports.
+    Held(held::HeldConfig),
+}
+
+/// clap parser for `--target`: an IP:port on loopback (no host names, no DNS).
+pub(crate) fn parse_target(s: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = s
+        .parse()
+        .with_context(|| format!("{s:?} is not IP:port (e.g. 127.0.0.1:2525 or [::1]:2525)"))?;
+    smtp::ensure_loopback(addr.ip())?;
+    Ok(addr)
+}
+
+/// clap parser for one `--sources` entry: a loopback IP.
+pub(crate) fn parse_source(s: &str) -> anyhow::Result<IpAddr> {
+    let ip: IpAddr = s
+        .parse()
+        .with_context(|| format!("{s:?} is not an IP address"))?;
+    smtp::ensure_loopback(ip)?;
+    Ok(ip)
+}
+
+/// Cores available to this process, for the reports.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    rt.block_on(async {
+        match cli.scenario {
+            Scenario::Throughput(cfg) => {
+                let result = throughput::run_throughput(cfg.clone()).await?;
+                println!("{}", result.report(&cfg));
+            }
+            Scenario::Held(cfg) => {
+                let run = held::run_held(cfg.clone()).await?;
+                println!("{}", run.result.report(&cfg));
+                println!("holding for {:.1} s (Ctrl-C ends early)", cfg.hold);
+                let closed = run.hold_then_close(Duration::from_secs_f64(cfg.hold)).await;
+                println!("closed {closed} connections");
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,176 @@
+//! Durable Maildir delivery (the `maildir` crate never fsyncs the directory).
+//!
+//! Role: write one message into `<root>/<domain>/<local>/new/` the Maildir way: create
+//! `tmp/<unique>`, write, fsync, rename to `new/<unique>`, fsync `new/`.
+//! Must not: let `domain`, `local` or `unique` escape the mailbox (`..`, `/`, NUL,
+//! leading dot), overwrite an existing message, create the root (a missing root is a
+//! misconfiguration, e.g. an unmounted mail volume, and must fail loudly), or leave a
+//! file in `tmp/` after a failed delivery.
+//! Invariants: when `deliver` returns `Ok(path)`, the message and every directory entry
+//! leading to it (including directories created on the way) are on disk.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::SpoolError;
+use crate::fsutil::{create_dir_durable, fsync_dir, rename_noreplace, write_new_synced};
+use crate::id::QueueId;
+
+/// Delivers `data` into `<root>/<domain>/<local>/new/<unique>` and returns that path.
+/// Creates the mailbox directories (`tmp/`, `new/`, `cur/`, mode 0700) if missing.
+pub fn deliver(
+    root: &Path,
+    domain: &str,
+    local: &str,
+    unique: &str,
+    data: &[u8],
+) -> Result<PathBuf, SpoolError> {
+    check_component("domain", domain)?;
+    check_component("local part", local)?;
+    check_unique(unique)?;
+    if !root.is_dir() {
+        return Err(SpoolError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "Maildir root is missing or not a directory",
+            ),
+        });
+    }
+    let mailbox = root.join(domain).join(local);
+    let (tmp_dir, new_dir) = (mailbox.join("tmp"), mailbox.join("new"));
+    for dir in [&tmp_dir, &new_dir, &mailbox.join("cur")] {
+        create_dir_durable(dir)?;
+    }
+    let tmp = tmp_dir.join(unique);
+    let dest = new_dir.join(unique);
+    write_new_synced(&tmp, &[data])?;
+    if let Err(e) = rename_noreplace(&tmp, &dest) {
+        // Ours (just created); the rename error is the one to report.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(&new_dir)?;
+    Ok(dest)
+}
+
+/// The Maildir unique name `<unix_secs>.<qid>_<rcpt_index>.<hostname>`. The queue id
+/// and recipient index make it unique per delivery; `/` and `:` in the host name are
+/// written `\057` and `\072` as the Maildir specification asks.
+pub fn unique_name(unix_secs: i64, id: &QueueId, rcpt_index: usize, hostname: &str) -> String {
+    let host = hostname.replace('/', "\\057").replace(':', "\\072");
+    format!("{unix_secs}.{id}_{rcpt_index}.{host}")
+}
+
+fn check_component(what: &str, name: &str) -> Result<(), SpoolError> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else if name.contains(['/', '\0']) {
+        Some("contains '/' or NUL")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(SpoolError::InvalidMailbox {
+            reason: format!("{what} {name:?} {p}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_unique(unique: &str) -> Result<(), SpoolError> {
+    let bad =
+        unique.is_empty() || unique == "." || unique == ".." || unique.contains(['/', ':', '\0']);
+    if bad {
+        return Err(SpoolError::InvalidMailbox {
+            reason: format!(
+                "unique name {unique:?} is empty, a dot name, or contains '/', ':' or NUL"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn id() -> QueueId {
+        "6ALBkA0000234567".parse().unwrap()
+    }
+
+    #[test]
+    fn delivers_into_new_and_leaves_tmp_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let data = b"Subject: x\r\n\r\nbody\0\xff\n";
+        let unique = unique_name(1_795_261_570, &id(), 0, "mx.example.org");
+        let path = deliver(root.path(), "example.org", "alice", &unique, data).unwrap();
+        let mailbox = root.path().join("example.org/alice");
+        assert_eq!(path, mailbox.join("new").join(&unique));
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert_eq!(fs::read_dir(mailbox.join("tmp")).unwrap().count(), 0);
+        assert!(mailbox.join("cur").is_dir());
+        // A second recipient in the same existing mailbox.
+        let unique2 = unique_name(1_795_261_570, &id(), 1, "mx.example.org");
+        deliver(root.path(), "example.org", "alice", &unique2, b"2").unwrap();
+        assert_eq!(fs::read_dir(mailbox.join("new")).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn never_overwrites_a_delivered_message() {
+        let root = tempfile::tempdir().unwrap();
+        deliver(root.path(), "d", "l", "u1", b"first").unwrap();
+        let err = deliver(root.path(), "d", "l", "u1", b"second").unwrap_err();
+        assert!(matches!(err, SpoolError::Exists { .. }), "{err:?}");
+        assert_eq!(fs::read(root.path().join("d/l/new/u1")).unwrap(), b"first");
+        assert_eq!(
+            fs::read_dir(root.path().join("d/l/tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn rejects_path_traversal() {
+        let root = tempfile::tempdir().unwrap();
+        for bad in ["", ".", "..", "a/b", ".hidden", "../x", "a\0b", "/abs"] {
+            for (domain, local) in [(bad, "ok"), ("ok", bad)] {
+                let err = deliver(root.path(), domain, local, "u", b"x").unwrap_err();
+                assert!(
+                    matches!(err, SpoolError::InvalidMailbox { .. }),
+                    "{bad:?}: {err:?}"
+                );
+            }
+        }
+        for bad in ["", ".", "..", "a/b", "a:2,S", "../../x"] {
+            let err = deliver(root.path(), "d", "l", bad, b"x").unwrap_err();
+            assert!(matches!(err, SpoolError::InvalidMailbox { .. }), "{bad:?}");
+        }
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "nothing created"
+        );
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("not-mounted");
+        let err = deliver(&missing, "d", "l", "u", b"x").unwrap_err();
+        assert!(
+            matches!(err, SpoolError::Io { ref path, .. } if *path == missing),
+            "{err:?}"
+        );
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn unique_name_escapes_host() {
+        assert_eq!(
+            unique_name(1_795_261_570, &id(), 3, "mx/a:b"),
+            "1795261570.6ALBkA0000234567_3.mx\\057a\\072b"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! The validated configuration: the types the server is written against.
+//!
+//! Role: plain data after parsing and checking (design.md principle 9: RawConfig → Config).
+//! Every value here has passed its bounds, so callers never re-validate.
+//! Must not: read files, parse text or emit diagnostics (that is `validate` and friends).
+//! Invariants (established by `validate`): `listen` is non-empty and duplicate-free;
+//! `domains` is non-empty, lowercase, without trailing dot and duplicate-free; `users`
+//! entries are lowercase local parts; `max_message_bytes > 0`; every timeout, `retry_min`,
+//! `retry_max` and `lifetime` is non-zero. Default values live here, once, as constants;
+//! `default.toml` repeats them for operators and a test keeps the two equal.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where it came from: the file path, or `<embedded default>`.
+    pub origin: String,
+    pub server: ServerConfig,
+    pub smtp: SmtpConfig,
+    pub local: LocalConfig,
+    pub timeouts: Timeouts,
+    pub queue: QueueConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: identity, sockets, spool, size limit, shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Our name in the banner, EHLO reply and Received headers (Sendmail `$j`).
+    pub hostname: String,
+    pub listen: Vec<SocketAddr>,
+    /// Relative paths are relative to the process's working directory.
+    pub spool_dir: PathBuf,
+    /// Advertised as `SIZE` in EHLO; larger messages get 552.
+    pub max_message_bytes: u64,
+    /// How long a DATA in progress may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// `[smtp]`: dialogue options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SmtpConfig {
+    pub bare_lf: BareLf,
+}
+
+/// What to do with a bare LF or bare CR inside DATA. Ambiguous line endings are what SMTP
+/// smuggling exploits (a `\n.\n` one server takes as end of data and the next does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BareLf {
+    /// Refuse the message (Sendmail 8.18 default behaviour).
+    #[default]
+    Reject,
+    /// Accept and rewrite the stray LF/CR as CRLF.
+    Normalize,
+}
+
+/// `[local]`: which recipients we deliver to ourselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Lowercase, without trailing dot.
+    pub domains: Vec<String>,
+    pub maildir_root: PathBuf,
+    /// Lowercase local parts: `users` merged with the lines of `users_file`.
+    pub users: HashSet<String>,
+    /// The configured path (as written), kept so a reload can re-read it.
+    pub users_file: Option<PathBuf>,
+}
+
+impl LocalConfig {
+    /// Is `domain` one of ours? Case-insensitive (RFC 5321 §2.4: domains are not case
+    /// sensitive) and ignores one trailing dot (an absolute name means the same domain).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// True when no user list is configured at all: every local part at the local domains
+    /// is accepted. A configured but empty `users_file` is a list (of nobody), not "all".
+    pub fn accepts_all_users(&self) -> bool {
+        self.users.is_empty() && self.users_file.is_none()
+    }
+}
+
+/// `[timeouts]`: per-phase read/answer timeouts (Sendmail `Timeout.*` names, RFC 5321
+/// §4.5.3.2 defaults). Use [`Timeouts::effective`] to apply the `command` cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub initial: Duration,
+    pub helo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub datainit: Duration,
+    pub datablock: Duration,
+    pub datafinal: Duration,
+    pub rset: Duration,
+    pub quit: Duration,
+    pub misc: Duration,
+    pub command: Duration,
+}
+
+/// A waiting phase of the server dialogue, naming which timeout applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Greeting sent, waiting for the first command.
+    Initial,
+    /// Waiting for a command while no HELO/EHLO has been accepted (after the first).
+    Helo,
+    /// After HELO/EHLO, waiting for MAIL.
+    Mail,
+    /// In a transaction, waiting for RCPT or DATA.
+    Rcpt,
+    /// After RSET.
+    Rset,
+    /// After NOOP/VRFY/HELP and other commands.
+    Misc,
+    /// After the 354, until the first data bytes.
+    DataInit,
+    /// Between two reads of message data.
+    DataBlock,
+    /// After the final dot, until the message is durable and answered.
+    DataFinal,
+    /// After QUIT, flushing the 221.
+    Quit,
+}
+
+impl Phase {
+    /// Phases that wait for a command line; `command` caps exactly these. Data reads, the
+    /// server's own work after the dot and the closing flush are not command reads.
+    pub fn is_command_read(self) -> bool {
+        matches!(
+            self,
+            Self::Initial | Self::Helo | Self::Mail | Self::Rcpt | Self::Rset | Self::Misc
+        )
+    }
+}
+
+/// The values an operator gets without a `[timeouts]` section: RFC 5321 §4.5.3.2's
+/// recommendations (quit and misc have none there; 2m follows Sendmail's client side).
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    initial: Duration::from_secs(5 * 60),
+    helo: Duration::from_secs(5 * 60),
+    mail: Duration::from_secs(5 * 60),
+    rcpt: Duration::from_secs(5 * 60),
+    datainit: Duration::from_secs(2 * 60),
+    datablock: Duration::from_secs(3 * 60),
+    datafinal: Duration::from_secs(10 * 60),
+    rset: Duration::from_secs(5 * 60),
+    quit: Duration::from_secs(2 * 60),
+    misc: Duration::from_secs(2 * 60),
+    command: Duration::from_secs(5 * 60),
+};
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        DEFAULT_TIMEOUTS
+    }
+}
+
+impl Timeouts {
+    /// The configured timeout of `phase`, without the cap.
+    pub fn phase(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::Initial => self.initial,
+            Phase::Helo => self.helo,
+            Phase::Mail => self.mail,
+            Phase::Rcpt => self.rcpt,
+            Phase::Rset => self.rset,
+            Phase::Misc => self.misc,
+            Phase::DataInit => self.datainit,
+            Phase::DataBlock => self.datablock,
+            Phase::DataFinal => self.datafinal,
+            Phase::Quit => self.quit,
+        }
+    }
+
+    /// The timeout to arm for `phase`: for command reads `min(phase, command)`, otherwise the
+    /// phase's own value.
+    pub fn effective(&self, phase: Phase) -> Duration {
+        let own = self.phase(phase);
+        if phase.is_command_read() {
+            own.min(self.command)
+        } else {
+            own
+        }
+    }
+}
+
+/// `[queue]`: retry schedule of temporary delivery failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// First retry delay; doubles after each failure.
+    pub retry_min: Duration,
+    /// Upper bound of the retry delay.
+    pub retry_max: Duration,
+    /// Bounce after this long in the queue.
+    pub lifetime: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(60 * 60),
+            lifetime: Duration::from_secs(5 * 24 * 60 * 60),
+        }
+    }
+}
+
+/// `[log]`: event log format and destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub destination: LogDestination,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One text line per event, in Sendmail's wording (fail2ban filters keep working).
+    #[default]
+    Syslog,
+    /// One JSON object per event.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogDestination {
+    #[default]
+    Stderr,
+    /// The local syslog socket `/dev/log`.
+    Syslog,
+}
+
+/// Defaults of `[server]` and `[local]` that have no `Default` impl because the host name
+/// is not a constant.
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2525));
+pub(crate) const DEFAULT_SPOOL_DIR: &str = "var/spool";
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: u64 = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DOMAIN: &str = "localhost";
+pub(crate) const DEFAULT_MAILDIR_ROOT: &str = "var/mail";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(domains: &[&str]) -> LocalConfig {
+        LocalConfig {
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            maildir_root: PathBuf::from("m"),
+            users: HashSet::new(),
+            users_file: None,
+        }
+    }
+
+    #[test]
+    fn is_local_domain_table() {
+        let l = local(&["example.test", "localhost"]);
+        let table: &[(&str, bool)] = &[
+            ("example.test", true),
+            ("EXAMPLE.Test", true),
+            ("example.test.", true),
+            ("Example.TEST.", true),
+            ("example.test..", false), // only one trailing dot is ignored
+            ("mx.example.test", false),
+            ("example", false),
+            ("", false),
+            (".", false),
+            ("LOCALHOST", true),
+        ];
+        for &(domain, expected) in table {
+            assert_eq!(l.is_local_domain(domain), expected, "{domain:?}");
+        }
+    }
+
+    #[test]
+    fn accepts_all_users_only_without_any_list() {
+        let mut l = local(&["x"]);
+        assert!(l.accepts_all_users());
+        l.users_file = Some(PathBuf::from("empty"));
+        assert!(!l.accepts_all_users());
+        l.users_file = None;
+        l.users.insert("alice".into());
+        assert!(!l.accepts_all_users());
+    }
+
+    #[test]
+    fn effective_caps_command_reads_only() {
+        let t = Timeouts {
+            command: Duration::from_secs(60),
+            ..Timeouts::default()
+        };
+        let table: &[(Phase, u64)] = &[
+            (Phase::Initial, 60),
+            (Phase::Helo, 60),
+            (Phase::Mail, 60),
+            (Phase::Rcpt, 60),
+            (Phase::Rset, 60),
+            (Phase::Misc, 60),
+            (Phase::DataInit, 120),
+            (Phase::DataBlock, 180),
+            (Phase::DataFinal, 600),
+            (Phase::Quit, 120),
+        ];
+        for &(phase, secs) in table {
+            assert_eq!(t.effective(phase), Duration::from_secs(secs), "{phase:?}");
+        }
+        // A phase shorter than the cap keeps its own value.
+        let t = Timeouts {
+            mail: Duration::from_secs(10),
+            ..Timeouts::default()
+        };
+        assert_eq!(t.effective(Phase::Mail), Duration::from_secs(10));
+    }
+}

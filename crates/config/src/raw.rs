@@ -1,0 +1,328 @@
+//! The raw configuration: TOML text → serde structs that still carry byte spans.
+//!
+//! Role: syntax and shape only. TOML syntax errors, unknown sections and keys
+//! (`deny_unknown_fields`) and wrong value types are reported here, each at its own line.
+//! Must not: apply defaults or check meanings (ranges, addresses, durations): that is
+//! `validate`, which needs the spans kept here to point at the offending line.
+//! Invariants: every leaf is `Option<Spanned<_>>`, so "absent" and "where" are both known;
+//! the raw structs mirror the documented file exactly (docs/config.md).
+//!
+//! Serde stops at the first error of a document. To still report every bad key in one
+//! pass, `parse` removes the entry the error points at and deserializes again, until the
+//! rest is clean; each round removes one entry, so the loop ends.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::Report;
+
+/// An optional string value with its span.
+pub(crate) type Text = Option<Spanned<String>>;
+/// An optional array of strings: the span of the array (for "is empty") and of each item.
+pub(crate) type TextList = Option<Spanned<Vec<Spanned<String>>>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a configuration document")]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) smtp: RawSmtp,
+    #[serde(default)]
+    pub(crate) local: RawLocal,
+    #[serde(default)]
+    pub(crate) timeouts: RawTimeouts,
+    #[serde(default)]
+    pub(crate) queue: RawQueue,
+    #[serde(default)]
+    pub(crate) log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [server] table")]
+pub(crate) struct RawServer {
+    pub(crate) hostname: Text,
+    pub(crate) listen: TextList,
+    pub(crate) spool_dir: Text,
+    pub(crate) max_message_bytes: Option<Spanned<u64>>,
+    pub(crate) shutdown_grace: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [smtp] table")]
+pub(crate) struct RawSmtp {
+    pub(crate) bare_lf: Option<Spanned<RawBareLf>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawBareLf {
+    Reject,
+    Normalize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [local] table")]
+pub(crate) struct RawLocal {
+    pub(crate) domains: TextList,
+    pub(crate) maildir_root: Text,
+    pub(crate) users: TextList,
+    pub(crate) users_file: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [timeouts] table")]
+pub(crate) struct RawTimeouts {
+    pub(crate) initial: Text,
+    pub(crate) helo: Text,
+    pub(crate) mail: Text,
+    pub(crate) rcpt: Text,
+    pub(crate) datainit: Text,
+    pub(crate) datablock: Text,
+    pub(crate) datafinal: Text,
+    pub(crate) rset: Text,
+    pub(crate) quit: Text,
+    pub(crate) misc: Text,
+    pub(crate) command: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [queue] table")]
+pub(crate) struct RawQueue {
+    pub(crate) retry_min: Text,
+    pub(crate) retry_max: Text,
+    pub(crate) lifetime: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [log] table")]
+pub(crate) struct RawLog {
+    pub(crate) format: Option<Spanned<RawLogFormat>>,
+    pub(crate) destination: Option<Spanned<RawLogDestination>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawLogFormat {
+    Syslog,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawLogDestination {
+    Stderr,
+    Syslog,
+}
+
+/// Parses `src` into a `RawConfig`, reporting syntax and shape errors into `report`.
+/// Returns None after syntax errors: a recovered document is partial, and checking its
+/// meaning would add confusing follow-on errors.
+pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
+    let (mut doc, syntax_errors) = DeTable::parse_recoverable(src);
+    if !syntax_errors.is_empty() {
+        for err in syntax_errors {
+            report.error(err.span(), format!("TOML syntax: {}", err.message()));
+        }
+        return None;
+    }
+    drop_non_table_sections(doc.get_mut(), report);
+    Some(deserialize_all(doc, report))
+}
+
+/// The sections of the file, i.e. the fields of `RawConfig`.
+const SECTIONS: [&str; 6] = ["server", "smtp", "local", "timeouts", "queue", "log"];
+
+/// A section given as something other than a table (`server = 5`, or `[[server]]`) is
+/// reported and dropped here: serde would accept an array as a struct in field order and
+/// report a baffling "expected a string" about its first element.
+fn drop_non_table_sections(root: &mut DeTable<'_>, report: &mut Report<'_>) {
+    let misshapen: Vec<(String, Range<usize>, &str)> = root
+        .iter()
+        .filter(|(key, value)| SECTIONS.contains(&&**key.get_ref()) && !value.get_ref().is_table())
+        .map(|(key, value)| {
+            (
+                key.get_ref().to_string(),
+                key.span(),
+                value.get_ref().type_str(),
+            )
+        })
+        .collect();
+    for (name, span, kind) in misshapen {
+        report.error(
+            Some(span),
+            format!(
+                "`{name}` must be a table ([{name}]), not {}",
+                with_article(kind)
+            ),
+        );
+        root.remove(name.as_str());
+    }
+}
+
+fn with_article(kind: &str) -> String {
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
+}
+
+/// Deserializes, and on each error reports it, drops the offending entry and retries.
+fn deserialize_all(mut doc: Spanned<DeTable<'_>>, report: &mut Report<'_>) -> RawConfig {
+    loop {
+        let attempt = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone()));
+        let err = match attempt {
+            Ok(raw) => return raw,
+            Err(err) => err,
+        };
+        let span = err.span();
+        let path = span.as_ref().and_then(|s| find_entry(doc.get_ref(), s));
+        let message = match &path {
+            Some(path) => format!("`{}`: {}", path.join("."), err.message()),
+            None => err.message().to_owned(),
+        };
+        report.error(span, message);
+        // Without an entry to drop, another round would fail the same way: give up on the
+        // shape (the errors are reported, so the load fails anyway).
+        if !path.is_some_and(|path| remove_entry(doc.get_mut(), &path)) {
+            return RawConfig::default();
+        }
+    }
+}
+
+/// The key path of the innermost table entry whose key or value contains `span`.
+/// Children are searched first and regardless of the parent's span, because a table
+/// opened by a `[header]` has a span that does not cover the keys below it.
+fn find_entry(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
+    for (key, value) in table.iter() {
+        if let DeValue::Table(inner) = value.get_ref()
+            && let Some(mut path) = find_entry(inner, span)
+        {
+            path.insert(0, key.get_ref().to_string());
+            return Some(path);
+        }
+        if contains(&key.span(), span) || contains(&value.span(), span) {
+            return Some(vec![key.get_ref().to_string()]);
+        }
+    }
+    None
+}
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// Removes the entry at `path`; false when it is not there.
+fn remove_entry(table: &mut DeTable<'_>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last.as_str()).is_some(),
+        [first, rest @ ..] => match table.get_mut(first.as_str()).map(Spanned::get_mut) {
+            Some(DeValue::Table(inner)) => remove_entry(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(src: &str) -> (Option<RawConfig>, Vec<(usize, String)>) {
+        let mut report = Report::new("t.toml", src);
+        let raw = parse(src, &mut report);
+        let diags = report
+            .into_sorted()
+            .into_iter()
+            .map(|d| (d.line, d.message))
+            .collect();
+        (raw, diags)
+    }
+
+    #[test]
+    fn shape_errors_are_all_reported_at_their_lines() {
+        // (source, expected (line, message fragment) list)
+        let table: &[(&str, &[(usize, &str)])] = &[
+            ("", &[]),
+            (
+                "[server]\nhostnme = \"x\"\n",
+                &[(2, "`server.hostnme`: unknown field `hostnme`")],
+            ),
+            ("[nope]\n", &[(1, "`nope`: unknown field `nope`")]),
+            (
+                "[server]\nmax_message_bytes = \"10M\"\nlisten = \"x\"\n[log]\nformat = \"xml\"\n",
+                &[
+                    (2, "`server.max_message_bytes`: invalid type: string"),
+                    (3, "`server.listen`: invalid type: string"),
+                    (5, "`log.format`: unknown variant `xml`"),
+                ],
+            ),
+            (
+                "server.hostname = 5\n",
+                &[(1, "`server.hostname`: invalid type: integer")],
+            ),
+            (
+                "[timeouts]\ninitial = 300\n\n[smtp]\nbare_lf = \"strip\"\n",
+                &[
+                    (2, "`timeouts.initial`: invalid type: integer"),
+                    (5, "`smtp.bare_lf`: unknown variant `strip`"),
+                ],
+            ),
+            (
+                "server = 5\n",
+                &[(1, "`server` must be a table ([server]), not an integer")],
+            ),
+            (
+                "[[log]]\nformat = \"json\"\n",
+                &[(1, "`log` must be a table ([log]), not an array")],
+            ),
+            (
+                "hostname = \"x\"\n",
+                &[(1, "`hostname`: unknown field `hostname`")],
+            ),
+            (
+                "[server]\nlisten = [\n  \"127.0.0.1:25\",\n  25,\n]\n",
+                // The element's own line, not the key's.
+                &[(4, "`server.listen`: invalid type: integer `25`")],
+            ),
+            (
+                "[server]\nmax_message_bytes = -1\n",
+                &[(2, "`server.max_message_bytes`: invalid value")],
+            ),
+        ];
+        for &(src, expected) in table {
+            let (raw, diags) = run(src);
+            assert!(raw.is_some(), "{src:?}");
+            assert_eq!(diags.len(), expected.len(), "{src:?}: {diags:?}");
+            for ((line, message), &(want_line, want)) in diags.iter().zip(expected) {
+                assert_eq!(*line, want_line, "{src:?}: {message}");
+                assert!(
+                    message.starts_with(want),
+                    "{src:?}: {message:?} !~ {want:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_stop_before_shape_checks() {
+        let (raw, diags) = run("[server]\nhostname = \"x\nunknown = 1\n");
+        assert!(raw.is_none());
+        assert!(!diags.is_empty());
+        assert_eq!(diags[0].0, 2, "{diags:?}");
+        assert!(diags[0].1.starts_with("TOML syntax: "), "{diags:?}");
+    }
+
+    #[test]
+    fn good_keys_survive_the_removal_of_bad_ones() {
+        let (raw, diags) = run("[server]\nspool_dir = \"s\"\nbogus = 1\n");
+        assert_eq!(diags.len(), 1);
+        let raw = raw.unwrap();
+        assert_eq!(raw.server.spool_dir.unwrap().into_inner(), "s");
+    }
+}

@@ -1,0 +1,373 @@
+//! RawConfig → Config: defaults, bounds and meanings, with a diagnostic per problem.
+//!
+//! Role: turn each raw section into its validated form, reporting every semantic error
+//! and warning at the line of the value concerned. A bad value is reported and replaced by
+//! its default so checking goes on; the loader then refuses the whole config because the
+//! report holds an error, so a replaced value never reaches the server.
+//! Must not: stop at the first error; reach the network; read any file other than the
+//! `users_file` the config names (see `local`).
+//! Invariants: every key is spelled in messages as its dotted path in backquotes
+//! (`server.listen`), the same spelling docs/config.md uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::diagnostic::Report;
+use crate::model::{
+    BareLf, Config, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_SPOOL_DIR, LogConfig, LogDestination, LogFormat, QueueConfig, ServerConfig, SmtpConfig,
+};
+use crate::names::check_hostname;
+use crate::raw::{
+    RawBareLf, RawConfig, RawLog, RawLogDestination, RawLogFormat, RawQueue, RawServer, RawSmtp,
+    Text, TextList,
+};
+use crate::{local, timeouts};
+
+/// Where the machine's host name comes from; a parameter so tests need not depend on the
+/// name of the machine they run on.
+pub(crate) type HostnameSource<'a> = &'a dyn Fn() -> Result<String, String>;
+
+/// Below this, ordinary mail (headers plus a small attachment) no longer fits.
+const SMALL_MESSAGE_BYTES: u64 = 64 * 1024;
+
+pub(crate) fn config(
+    raw: RawConfig,
+    report: &mut Report<'_>,
+    system_hostname: HostnameSource<'_>,
+) -> Config {
+    Config {
+        origin: report.file().to_owned(),
+        server: server(&raw.server, report, system_hostname),
+        smtp: smtp(&raw.smtp),
+        local: local::local(&raw.local, report),
+        timeouts: timeouts::timeouts(&raw.timeouts, report),
+        queue: queue(&raw.queue, report),
+        log: log(&raw.log),
+    }
+}
+
+fn server(
+    raw: &RawServer,
+    report: &mut Report<'_>,
+    system_hostname: HostnameSource<'_>,
+) -> ServerConfig {
+    ServerConfig {
+        hostname: hostname(&raw.hostname, report, system_hostname),
+        listen: listen(&raw.listen, report),
+        spool_dir: path(
+            &raw.spool_dir,
+            "server.spool_dir",
+            DEFAULT_SPOOL_DIR,
+            report,
+        ),
+        max_message_bytes: max_message_bytes(&raw.max_message_bytes, report),
+        shutdown_grace: duration(
+            &raw.shutdown_grace,
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            report,
+        ),
+    }
+}
+
+/// The configured name, else the machine's. Either way it must be a valid host name,
+/// because it goes into the banner, the EHLO reply and Received headers.
+fn hostname(raw: &Text, report: &mut Report<'_>, system: HostnameSource<'_>) -> String {
+    if let Some(name) = raw {
+        let span = Some(name.span());
+        let name = name.get_ref();
+        match check_hostname(name) {
+            Err(why) => report.error(span, format!("`server.hostname` {name:?} {why}")),
+            Ok(()) if !name.contains('.') => report.warning(span, not_fqdn(name, "")),
+            Ok(()) => {}
+        }
+        return name.clone();
+    }
+    let unset = "`server.hostname` is not set and the machine's host name";
+    let name = match system() {
+        Ok(name) => name,
+        Err(why) => {
+            // The load fails on this error, so the empty name is never used.
+            report.error(None, format!("{unset} cannot be read: {why}; set it"));
+            return String::new();
+        }
+    };
+    match check_hostname(&name) {
+        Err(why) => report.error(None, format!("{unset} {name:?} {why}; set it")),
+        Ok(()) if !name.contains('.') => {
+            report.warning(None, not_fqdn(&name, " (the machine's host name)"));
+        }
+        Ok(()) => {}
+    }
+    name
+}
+
+fn not_fqdn(name: &str, origin: &str) -> String {
+    format!(
+        "`server.hostname` {name:?}{origin} is not fully qualified (no dot); \
+         RFC 5321 §4.1.1.1 expects a fully qualified domain name in the banner and EHLO reply"
+    )
+}
+
+/// The machine's host name, as `nix::unistd::gethostname` gives it.
+pub(crate) fn machine_hostname() -> Result<String, String> {
+    let name = nix::unistd::gethostname().map_err(|e| e.to_string())?;
+    name.into_string()
+        .map_err(|raw| format!("{raw:?} is not valid UTF-8"))
+}
+
+fn listen(raw: &TextList, report: &mut Report<'_>) -> Vec<SocketAddr> {
+    let Some(list) = raw else {
+        return vec![DEFAULT_LISTEN];
+    };
+    if list.get_ref().is_empty() {
+        report.error(
+            Some(list.span()),
+            "`server.listen` is empty; give at least one address:port".to_owned(),
+        );
+    }
+    let mut addrs = Vec::new();
+    for item in list.get_ref() {
+        match item.get_ref().parse::<SocketAddr>() {
+            Err(_) => report.error(Some(item.span()), bad_listen(item.get_ref())),
+            Ok(addr) if addrs.contains(&addr) => report.error(
+                Some(item.span()),
+                format!("`server.listen`: {addr} is listed twice"),
+            ),
+            Ok(addr) => addrs.push(addr),
+        }
+    }
+    addrs
+}
+
+fn bad_listen(text: &str) -> String {
+    format!(
+        "`server.listen`: {text:?} is not an IP address with a port \
+         (e.g. \"127.0.0.1:25\" or \"[::1]:25\"; host names are not resolved)"
+    )
+}
+
+fn max_message_bytes(raw: &Option<Spanned<u64>>, report: &mut Report<'_>) -> u64 {
+    let Some(value) = raw else {
+        return DEFAULT_MAX_MESSAGE_BYTES;
+    };
+    let (span, bytes) = (Some(value.span()), *value.get_ref());
+    if bytes == 0 {
+        report.error(
+            span,
+            "`server.max_message_bytes` must be greater than 0".to_owned(),
+        );
+        return DEFAULT_MAX_MESSAGE_BYTES;
+    }
+    if bytes < SMALL_MESSAGE_BYTES {
+        report.warning(
+            span,
+            format!(
+                "`server.max_message_bytes` = {bytes} is below 64 KiB; \
+                 most ordinary messages will be refused with 552"
+            ),
+        );
+    }
+    bytes
+}
+
+fn smtp(raw: &RawSmtp) -> SmtpConfig {
+    let bare_lf = match raw.bare_lf.as_ref().map(|v| *v.get_ref()) {
+        None => BareLf::default(),
+        Some(RawBareLf::Reject) => BareLf::Reject,
+        Some(RawBareLf::Normalize) => BareLf::Normalize,
+    };
+    SmtpConfig { bare_lf }
+}
+
+fn queue(raw: &RawQueue, report: &mut Report<'_>) -> QueueConfig {
+    let default = QueueConfig::default();
+    let queue = QueueConfig {
+        retry_min: nonzero_duration(&raw.retry_min, "queue.retry_min", default.retry_min, report),
+        retry_max: nonzero_duration(&raw.retry_max, "queue.retry_max", default.retry_max, report),
+        lifetime: nonzero_duration(&raw.lifetime, "queue.lifetime", default.lifetime, report),
+    };
+    if queue.retry_min > queue.retry_max {
+        let span = raw
+            .retry_min
+            .as_ref()
+            .or(raw.retry_max.as_ref())
+            .map(Spanned::span);
+        report.warning(
+            span,
+            format!(
+                "`queue.retry_min` = {} is longer than `queue.retry_max` = {}; \
+                 every retry will wait `queue.retry_max`",
+                fmt_duration(queue.retry_min),
+                fmt_duration(queue.retry_max)
+            ),
+        );
+    }
+    queue
+}
+
+fn log(raw: &RawLog) -> LogConfig {
+    let format = match raw.format.as_ref().map(|v| *v.get_ref()) {
+        None => LogFormat::default(),
+        Some(RawLogFormat::Syslog) => LogFormat::Syslog,
+        Some(RawLogFormat::Json) => LogFormat::Json,
+    };
+    let destination = match raw.destination.as_ref().map(|v| *v.get_ref()) {
+        None => LogDestination::default(),
+        Some(RawLogDestination::Stderr) => LogDestination::Stderr,
+        Some(RawLogDestination::Syslog) => LogDestination::Syslog,
+    };
+    LogConfig {
+        format,
+        destination,
+    }
+}
+
+/// A path value; relative paths stay relative (to the working directory, at use).
+pub(crate) fn path(raw: &Text, key: &str, default: &str, report: &mut Report<'_>) -> PathBuf {
+    match raw {
+        None => PathBuf::from(default),
+        Some(value) if value.get_ref().is_empty() => {
+            report.error(
+                Some(value.span()),
+                format!("`{key}` is empty; give a directory"),
+            );
+            PathBuf::from(default)
+        }
+        Some(value) => PathBuf::from(value.get_ref()),
+    }
+}
+
+/// A humantime duration ("30s", "5m", "1h 30m"); zero allowed.
+pub(crate) fn duration(
+    raw: &Text,
+    key: &str,
+    default: Duration,
+    report: &mut Report<'_>,
+) -> Duration {
+    let Some(value) = raw else {
+        return default;
+    };
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            report.error(
+                Some(value.span()),
+                format!(
+                    "`{key}`: {:?} is not a duration ({why}); write e.g. \"30s\", \"5m\", \"1h\"",
+                    value.get_ref()
+                ),
+            );
+            default
+        }
+    }
+}
+
+/// A duration that must be greater than zero (a zero timeout or retry delay would spin).
+pub(crate) fn nonzero_duration(
+    raw: &Text,
+    key: &str,
+    default: Duration,
+    report: &mut Report<'_>,
+) -> Duration {
+    let parsed = duration(raw, key, default, report);
+    if parsed.is_zero() {
+        let span = raw.as_ref().map(Spanned::span);
+        report.error(span, format!("`{key}` must be greater than zero"));
+        return default;
+    }
+    parsed
+}
+
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(start: usize, value: &str) -> Text {
+        Some(Spanned::new(start..start + value.len(), value.to_owned()))
+    }
+
+    #[test]
+    fn duration_table() {
+        let src = "x = \"5m\"\n";
+        let table: &[(&str, Option<u64>)] = &[
+            ("5m", Some(300)),
+            ("30s", Some(30)),
+            ("1h", Some(3600)),
+            ("1h 30m", Some(5400)),
+            ("5d", Some(432_000)),
+            ("0", Some(0)),
+            ("5", None),
+            ("five minutes", None),
+            ("", None),
+            ("-1s", None),
+        ];
+        for &(value, expected) in table {
+            let mut report = Report::new("t", src);
+            let got = duration(&text(4, value), "k", Duration::from_secs(7), &mut report);
+            match expected {
+                Some(secs) => {
+                    assert_eq!(got, Duration::from_secs(secs), "{value:?}");
+                    assert!(!report.has_errors(), "{value:?}");
+                }
+                None => {
+                    assert_eq!(got, Duration::from_secs(7), "{value:?}");
+                    assert!(report.has_errors(), "{value:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nonzero_duration_rejects_zero() {
+        let mut report = Report::new("t", "x = \"0s\"\n");
+        let got = nonzero_duration(&text(4, "0s"), "k", Duration::from_secs(9), &mut report);
+        assert_eq!(got, Duration::from_secs(9));
+        let diags = report.into_sorted();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].line, 1);
+        assert_eq!(diags[0].message, "`k` must be greater than zero");
+    }
+
+    #[test]
+    fn system_hostname_is_checked_too() {
+        let table: &[(Result<&str, &str>, Option<bool>)] = &[
+            // (what the machine says, None = clean, Some(is_error))
+            (Ok("mx.example.test"), None),
+            (Ok("vm"), Some(false)),
+            (Ok("bad_name"), Some(true)),
+            (Err("EPERM"), Some(true)),
+        ];
+        for &(system, expected) in table {
+            let source = move || system.map(str::to_owned).map_err(str::to_owned);
+            let mut report = Report::new("t", "");
+            let name = hostname(&None, &mut report, &source);
+            let diags = report.into_sorted();
+            match expected {
+                None => assert!(diags.is_empty(), "{system:?}: {diags:?}"),
+                Some(is_error) => {
+                    assert_eq!(diags.len(), 1, "{system:?}: {diags:?}");
+                    assert_eq!(diags[0].is_error(), is_error, "{system:?}: {diags:?}");
+                    assert_eq!(diags[0].line, 0);
+                }
+            }
+            if let Ok(system) = system {
+                assert_eq!(name, system);
+            }
+        }
+    }
+
+    #[test]
+    fn machine_hostname_reads_something() {
+        let name = machine_hostname().unwrap();
+        assert!(!name.is_empty());
+    }
+}

@@ -14,3 +14,22 @@
 pub mod recipients;
 
 pub use recipients::{LocalRecipients, RecipientVerdict};
+
+use portcullis_smtp::{Ask, Verdict};
+
+/// Everything policy knows, resolved once per configuration load.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Local domains and users.
+    pub recipients: LocalRecipients,
+}
+
+impl Policy {
+    /// Answers one of the session's questions (one arm per verb; each a single call).
+    pub fn decide(&self, ask: &Ask) -> Verdict {
+        match ask {
+            Ask::Helo { .. } | Ask::Mail { .. } | Ask::Data => Verdict::Accept,
+            Ask::Rcpt { recipient, .. } => self.recipients.check_rcpt(recipient),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The command-line interface: one file per subcommand; `main.rs` only dispatches.
+//!
+//! Exit codes (sysexits, as Sendmail and Postfix tools): 0 success, 1 runtime failure,
+//! 64 usage (clap), 78 configuration error.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use portcullis_config::{Diagnostic, Loaded, embedded_default, load_file};
+
+pub mod check_config;
+pub mod serve;
+
+/// Exit status for a configuration error (EX_CONFIG).
+pub const EX_CONFIG: i32 = 78;
+
+/// Portcullis: an MX SMTP server with Sendmail's front-line defences.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded default configuration unless --config is given).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file: errors and warnings with file:line; exit 0 if valid, 78 if not.
+    CheckConfig {
+        /// Configuration file (TOML); the embedded default when omitted.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Loads the named file or the embedded default.
+pub fn load(path: Option<&Path>) -> Result<Loaded, Vec<Diagnostic>> {
+    match path {
+        Some(p) => load_file(p),
+        None => embedded_default(),
+    }
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve { config } => serve::run(config),
+        Command::CheckConfig { config } => check_config::run(config.as_deref()),
+    }
+}

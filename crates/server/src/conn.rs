@@ -1,0 +1,383 @@
+//! The connection driver: moves bytes between a socket and a [`Session`].
+//!
+//! Role: the thin async loop of design.md §3.1 (quinn's `drive_timer`). It reads when the
+//! session wants input, writes what the session replied, answers the session's questions by
+//! calling policy, hands finished messages to the spool's group committer and sleeps until
+//! the session's deadline. It logs the session's notes through telemetry.
+//!
+//! Must not: make SMTP decisions (the session and policy do) or read the clock outside
+//! [`crate::clock`]. Generic over the stream so tests drive it over `tokio::io::duplex` with
+//! paused time.
+//!
+//! Memory: an idle session holds a 1 KiB read buffer; the buffer doubles (to 64 KiB) only
+//! while reads keep filling it (message data) and shrinks back when they stop.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use portcullis_smtp::{
+    Ask, ClientInfo, CommitError, Event as SessionEvent, Message, Note, Session, Verdict,
+    received_header,
+};
+use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::state::{Runtime, Shared};
+use crate::telemetry::Event;
+
+const MIN_READ: usize = 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// What the `from=` line needs once the commit is done.
+struct Pending {
+    rx: oneshot::Receiver<Result<QueueId, SpoolError>>,
+    from: String,
+    size: usize,
+    nrcpts: usize,
+    msgid: Option<String>,
+    proto: &'static str,
+}
+
+/// Runs one SMTP session on `stream` until it ends.
+pub async fn serve_connection<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: IpAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let rt = shared.runtime.load_full();
+    let client = ClientInfo {
+        addr: peer,
+        name: None,
+    };
+    let date = clock::rfc5322(clock::wall());
+    let mut session = Session::new(rt.session.clone(), client, &date, clock::now());
+    let mut driver = Driver {
+        shared,
+        rt,
+        pending: None,
+        relay: session.client().display(),
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; MIN_READ];
+    let mut shutdown_seen = false;
+    loop {
+        driver.drain_events(&mut session);
+        if session.has_output() {
+            let out = session.take_output();
+            let limit = driver.rt.session.timeouts.command;
+            match tokio::time::timeout(limit, wr.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                _ => break, // The client stopped reading or went away.
+            }
+        }
+        if session.is_closed() {
+            break;
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                session.shutdown();
+            }
+            result = recv_commit(&mut driver.pending) => driver.commit_finished(&mut session, result),
+            n = rd.read(&mut buf), if session.wants_input() => match n {
+                Ok(0) | Err(_) => session.handle_eof(clock::now()),
+                Ok(n) => {
+                    session.handle_input(&buf[..n], clock::now());
+                    resize_read_buffer(&mut buf, n);
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(clock::now()),
+        }
+    }
+    driver.drain_events(&mut session);
+    let _ = tokio::time::timeout(driver.rt.session.timeouts.quit, wr.shutdown()).await;
+    if !session.stats().mail_issued && session.stats().commands > 0 {
+        driver.shared.telemetry.emit(Event::NoMailIssued {
+            relay: &driver.relay,
+        });
+    }
+}
+
+/// Grows the buffer while reads fill it, shrinks it back once they do not.
+fn resize_read_buffer(buf: &mut Vec<u8>, used: usize) {
+    if used == buf.len() && buf.len() < MAX_READ {
+        buf.resize(buf.len() * 2, 0);
+    } else if used < MIN_READ && buf.len() > MIN_READ {
+        *buf = vec![0u8; MIN_READ];
+    }
+}
+
+async fn recv_commit(pending: &mut Option<Pending>) -> Option<Result<QueueId, SpoolError>> {
+    match pending {
+        Some(p) => (&mut p.rx).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The per-connection state the driver keeps beside the session.
+struct Driver {
+    shared: Arc<Shared>,
+    /// The configuration this session started with (a reload affects new sessions only).
+    rt: Arc<Runtime>,
+    pending: Option<Pending>,
+    /// `name [addr]` for logs.
+    relay: String,
+}
+
+impl Driver {
+    fn drain_events(&mut self, session: &mut Session) {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                SessionEvent::Ask(ask) => self.answer(session, &ask),
+                SessionEvent::Commit(message) => self.commit(session, *message),
+                SessionEvent::Note(note) => self.record(session, &note),
+            }
+        }
+    }
+
+    fn answer(&mut self, session: &mut Session, ask: &Ask) {
+        let verdict = self.rt.policy.decide(ask);
+        if matches!(ask, Ask::Mail { .. }) && verdict == Verdict::Accept {
+            session.set_queue_id(self.shared.ids.next(clock::unix_secs()).as_str());
+        }
+        session.answer(verdict, clock::now());
+    }
+
+    /// Hands the message to the group committer; the reply waits for its callback.
+    fn commit(&mut self, session: &mut Session, message: Message) {
+        let qid = session.queue_id().and_then(|q| q.parse::<QueueId>().ok());
+        let Some(id) = qid else {
+            session.commit_done(Err(CommitError::Failed), clock::now());
+            return;
+        };
+        let client = session.client();
+        let date = clock::rfc5322(clock::wall());
+        let header = received_header(
+            &self.rt.session.hostname,
+            client,
+            &message.helo,
+            message.protocol,
+            id.as_str(),
+            &message.recipients,
+            &date,
+        );
+        let mut data = Vec::with_capacity(header.len() + message.data.len());
+        data.extend_from_slice(header.as_bytes());
+        data.extend_from_slice(&message.data);
+        let msgid = message_id(&message.data);
+        let nrcpts = message.recipients.len();
+        let size = data.len();
+        let from = message.sender.clone();
+        let envelope = Envelope {
+            id: id.clone(),
+            received_at: clock::unix_secs(),
+            sender: message.sender,
+            recipients: message.recipients,
+            client_addr: client.addr.to_string(),
+            client_name: client.name.clone().unwrap_or_default(),
+            helo: message.helo,
+            protocol: message.protocol.to_owned(),
+            msgid: msgid.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let done = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        match self
+            .shared
+            .committer
+            .submit(NewMessage { envelope, data }, done)
+        {
+            Ok(()) => {
+                self.pending = Some(Pending {
+                    rx,
+                    from,
+                    size,
+                    nrcpts,
+                    msgid,
+                    proto: message.protocol,
+                });
+            }
+            Err(e) => {
+                let error = match e {
+                    SubmitError::Full => "spool queue full",
+                    SubmitError::Closed => "spool closed",
+                };
+                self.shared.telemetry.emit(Event::CommitFailed {
+                    qid: Some(id.as_str()),
+                    error,
+                });
+                session.commit_done(Err(CommitError::Storage), clock::now());
+            }
+        }
+    }
+
+    fn commit_finished(
+        &mut self,
+        session: &mut Session,
+        result: Option<Result<QueueId, SpoolError>>,
+    ) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        match result {
+            Some(Ok(id)) => {
+                self.shared.telemetry.emit(Event::MessageAccepted {
+                    qid: id.as_str(),
+                    from: &p.from,
+                    size: p.size,
+                    nrcpts: p.nrcpts,
+                    msgid: p.msgid.as_deref(),
+                    proto: p.proto,
+                    relay: &self.relay,
+                });
+                session.commit_done(Ok(()), clock::now());
+                self.shared.queue.notify(id);
+            }
+            Some(Err(e)) => {
+                let error = e.to_string();
+                self.shared.telemetry.emit(Event::CommitFailed {
+                    qid: session.queue_id(),
+                    error: &error,
+                });
+                session.commit_done(Err(CommitError::Storage), clock::now());
+            }
+            None => {
+                self.shared.telemetry.emit(Event::CommitFailed {
+                    qid: session.queue_id(),
+                    error: "committer stopped",
+                });
+                session.commit_done(Err(CommitError::Storage), clock::now());
+            }
+        }
+    }
+
+    fn record(&self, session: &Session, note: &Note) {
+        let t = &self.shared.telemetry;
+        let qid = session.queue_id();
+        let relay = self.relay.as_str();
+        match note {
+            Note::CommandTimeout { phase } => {
+                let host = session
+                    .client()
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| relay.to_owned());
+                t.emit(Event::CommandTimeout {
+                    qid,
+                    host: &host,
+                    phase: phase.name(),
+                });
+                if qid.is_some() {
+                    t.emit(Event::LostInput {
+                        qid,
+                        relay,
+                        in_data: false,
+                    });
+                }
+            }
+            Note::DataTimeout => t.emit(Event::DataTimeout { qid, relay }),
+            Note::CommitTimeout => t.emit(Event::CommitTimeout { qid, relay }),
+            Note::ClientClosed { in_data } => {
+                if qid.is_some() {
+                    t.emit(Event::LostInput {
+                        qid,
+                        relay,
+                        in_data: *in_data,
+                    });
+                }
+            }
+            Note::MessageRefused { reply, size } => {
+                let reply = reply.to_log_string();
+                t.emit(Event::MessageRefused {
+                    qid,
+                    relay,
+                    reply: &reply,
+                    size: *size,
+                });
+            }
+            Note::TooManyBadCommands => t.emit(Event::TooManyBadCommands { relay }),
+        }
+    }
+}
+
+/// The Message-ID header's value, for the `msgid=` log field (headers only, bounded scan).
+pub fn message_id(data: &[u8]) -> Option<String> {
+    let headers_end = memchr_header_end(data);
+    let mut lines = data[..headers_end].split(|&b| b == b'\n');
+    while let Some(line) = lines.next() {
+        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            let mut value = String::from_utf8_lossy(&line[11..]).trim().to_owned();
+            // A folded value continues on the next line.
+            if value.is_empty() {
+                value = lines
+                    .next()
+                    .map(|l| String::from_utf8_lossy(l).trim().to_owned())?;
+            }
+            return (!value.is_empty()).then(|| value.chars().take(200).collect());
+        }
+    }
+    None
+}
+
+/// End of the header section (the first empty line), at most 64 KiB in.
+fn memchr_header_end(data: &[u8]) -> usize {
+    let limit = data.len().min(64 * 1024);
+    let window = &data[..limit];
+    window
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(limit, |p| p + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_message_id() {
+        assert_eq!(
+            message_id(b"Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody"),
+            Some("<a@b>".into())
+        );
+        assert_eq!(
+            message_id(b"message-id:\r\n <folded@x>\r\n\r\n"),
+            Some("<folded@x>".into())
+        );
+        assert_eq!(
+            message_id(b"Subject: x\r\n\r\nMessage-ID: <in-body@x>\r\n"),
+            None
+        );
+        assert_eq!(message_id(b""), None);
+    }
+
+    #[test]
+    fn read_buffer_adapts() {
+        let mut buf = vec![0u8; MIN_READ];
+        resize_read_buffer(&mut buf, MIN_READ);
+        assert_eq!(buf.len(), 2 * MIN_READ);
+        for _ in 0..20 {
+            let n = buf.len();
+            resize_read_buffer(&mut buf, n);
+        }
+        assert_eq!(buf.len(), MAX_READ);
+        resize_read_buffer(&mut buf, 10);
+        assert_eq!(buf.len(), MIN_READ);
+    }
+}

@@ -1,0 +1,17 @@
+//! Portcullis, the server: the only crate that owns sockets, timers, tasks and files.
+//!
+//! Role: wire the sans-IO session (`portcullis-smtp`), the pure policy (`portcullis-policy`),
+//! the spool (`portcullis-spool`) and the configuration (`portcullis-config`) to the outside
+//! world: listeners ([`serve`]), the per-connection driver ([`conn`]), the queue runner and
+//! Maildir delivery ([`queue`]), logs ([`telemetry`]) and the CLI ([`cmd`]).
+//!
+//! Must not: hold SMTP or policy rules (they live in the crates above) or read the clock
+//! outside [`clock`].
+
+pub mod clock;
+pub mod cmd;
+pub mod conn;
+pub mod queue;
+pub mod serve;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,251 @@
+//! `portcullis serve`: start-up, the accept loops, signals, reload and graceful shutdown.
+//!
+//! Order of start-up: open the spool and recover it (torn files to quarantine) before the
+//! committer starts; bind every listener before accepting anything (a bad address fails the
+//! start, not half of it); then accept.
+//!
+//! Signals: SIGTERM/SIGINT stop accepting, give idle sessions `421 4.3.2 ... Service shutting
+//! down`, let a DATA in progress finish within `shutdown_grace`, drain the committer (every
+//! message acknowledged is on disk) and stop the queue runner. SIGHUP reloads the file
+//! atomically for new sessions; a bad file is logged and the old configuration kept.
+//! Listen addresses and log settings are read at start only.
+//!
+//! Must not: contain SMTP or policy logic.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use portcullis_config::{Config, Diagnostic, load_file};
+use portcullis_spool::{CommitOptions, Committer, QueueId, QueueIdGen, Spool};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::serve_connection;
+use crate::queue::{self, QueueHandle, QueueReceiver};
+use crate::state::{Runtime, Shared};
+use crate::telemetry::{Event, Telemetry};
+
+/// The parts `run` (and tests) assemble.
+pub struct Built {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The queue runner's receiver.
+    pub queue_rx: QueueReceiver,
+    /// Messages found in the spool at start.
+    pub recovered: Vec<QueueId>,
+}
+
+/// Opens and recovers the spool, starts the committer, prepares shared state.
+pub fn build(config: Config, telemetry: Telemetry) -> Result<Built> {
+    std::fs::create_dir_all(&config.local.maildir_root).with_context(|| {
+        format!(
+            "cannot create maildir_root {}",
+            config.local.maildir_root.display()
+        )
+    })?;
+    let spool = Arc::new(Spool::open(&config.server.spool_dir).with_context(|| {
+        format!(
+            "cannot open spool_dir {}",
+            config.server.spool_dir.display()
+        )
+    })?);
+    let recovery = spool.recover().context("spool recovery failed")?;
+    for (path, reason) in &recovery.quarantined {
+        telemetry.emit(Event::Quarantined {
+            path: &path.display().to_string(),
+            reason,
+        });
+    }
+    if !recovery.ready.is_empty() {
+        telemetry.emit(Event::Recovered {
+            messages: recovery.ready.len(),
+        });
+    }
+    let committer = Committer::start(spool.clone(), CommitOptions::default())
+        .context("cannot start the spool committer")?;
+    let (queue, queue_rx) = QueueHandle::new();
+    let shared = Arc::new(Shared {
+        runtime: ArcSwap::from_pointee(Runtime::new(config)),
+        telemetry,
+        spool,
+        committer,
+        ids: QueueIdGen::new(std::process::id()),
+        queue,
+    });
+    Ok(Built {
+        shared,
+        queue_rx,
+        recovered: recovery.ready,
+    })
+}
+
+/// Binds one listening socket: SO_REUSEADDR, IPv6-only for IPv6 addresses (so `[::]` and
+/// `0.0.0.0` can both be listed), a deep backlog for bursts.
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+/// Lets this process hold as many connections as the hard limit allows.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    raise_fd_limit();
+    let telemetry = Telemetry::new(
+        config.log.format,
+        config.log.destination,
+        &config.server.hostname,
+    );
+    let listen = config.server.listen.clone();
+    let origin = config.origin.clone();
+    let Built {
+        shared,
+        queue_rx,
+        recovered,
+    } = build(config, telemetry)?;
+    let listeners = listen
+        .iter()
+        .map(|a| bind(*a))
+        .collect::<Result<Vec<_>>>()?;
+    shared.telemetry.emit(Event::ServerStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        config: &origin,
+    });
+
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let runner = tokio::spawn(queue::run(
+        shared.clone(),
+        queue_rx,
+        recovered,
+        shutdown.clone(),
+    ));
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            shared.telemetry.emit(Event::ListenerBound { addr });
+        }
+        tokio::spawn(accept_loop(
+            shared.clone(),
+            listener,
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let signal_name = wait_for_stop(&shared, config_path.as_deref()).await?;
+    shared.telemetry.emit(Event::ShutdownStarted {
+        signal: signal_name,
+    });
+    shutdown.cancel();
+    sessions.close();
+    let grace = shared.runtime.load().config.server.shutdown_grace;
+    let left = match tokio::time::timeout(grace + Duration::from_secs(1), sessions.wait()).await {
+        Ok(()) => 0,
+        Err(_) => sessions.len(),
+    };
+    let _ = runner.await;
+    let committer_owner = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || committer_owner.committer.shutdown()).await;
+    shared.telemetry.emit(Event::ShutdownDone {
+        sessions_left: left,
+    });
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, reloading on every SIGHUP meanwhile.
+async fn wait_for_stop(shared: &Shared, config_path: Option<&Path>) -> Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM"),
+            _ = int.recv() => return Ok("SIGINT"),
+            _ = hup.recv() => reload(shared, config_path),
+        }
+    }
+}
+
+/// Re-reads the configuration file; keeps the old one on any error.
+pub fn reload(shared: &Shared, config_path: Option<&Path>) {
+    let Some(path) = config_path else {
+        shared.telemetry.emit(Event::ConfigReloaded {
+            origin: "<embedded default> (unchanged)",
+        });
+        return;
+    };
+    let origin = path.display().to_string();
+    match load_file(path) {
+        Ok(loaded) => {
+            shared.runtime.store(Arc::new(Runtime::new(loaded.config)));
+            shared
+                .telemetry
+                .emit(Event::ConfigReloaded { origin: &origin });
+        }
+        Err(diags) => {
+            let error = diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(Diagnostic::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            shared.telemetry.emit(Event::ConfigReloadFailed {
+                origin: &origin,
+                error: &error,
+            });
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                sessions.spawn(serve_connection(shared, stream, peer.ip(), shutdown));
+            }
+            Err(e) => {
+                // EMFILE and friends: say so, back off briefly instead of spinning.
+                shared.telemetry.emit(Event::AcceptFailed {
+                    error: &e.to_string(),
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

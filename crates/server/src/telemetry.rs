@@ -1,0 +1,585 @@
+//! Telemetry: the catalogue of events and the one function that records them.
+//!
+//! Role: every observable event is a variant of [`Event`]; [`Telemetry::emit`] renders it once
+//! into a [`Record`] (name, queue id, Sendmail-worded text, structured fields) and writes one
+//! log line, so wording and fields cannot drift apart (design.md §3.10). Metrics will hang off
+//! the same `emit` (issue 7).
+//!
+//! Compatibility: the `text` of events admins grep for keeps Sendmail's wording
+//! (reference/sendmail-behaviour.md): `from=<..>, size=N, ...`, `to=<..>, delay=.., stat=Sent`,
+//! `timeout waiting for input from <host> during server cmd read`, `<relay> did not issue
+//! MAIL/EXPN/VRFY/ETRN during connection to MTA`. Extra detail goes in fields, which the JSON
+//! format shows and the syslog format omits.
+//!
+//! Must not: block the caller for long. Lines go to stderr (one write each) or as one datagram
+//! to the local syslog socket; a syslog socket that fails falls back to stderr.
+
+use std::io::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
+
+use portcullis_config::{LogDestination, LogFormat};
+
+use crate::clock;
+
+/// Syslog severity of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Failures needing an admin.
+    Error,
+    /// Something wrong but handled.
+    Warning,
+    /// Noteworthy (start, stop, reload, refusals).
+    Notice,
+    /// Routine (messages, deliveries, sessions).
+    Info,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Notice => "notice",
+            Self::Info => "info",
+        }
+    }
+
+    /// Syslog priority with the mail facility (2).
+    fn priority(self) -> u8 {
+        let severity = match self {
+            Self::Error => 3,
+            Self::Warning => 4,
+            Self::Notice => 5,
+            Self::Info => 6,
+        };
+        2 * 8 + severity
+    }
+}
+
+/// Every event Portcullis records.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// The server is up.
+    ServerStarted { version: &'a str, config: &'a str },
+    /// A listening socket is open.
+    ListenerBound { addr: std::net::SocketAddr },
+    /// The configuration was reloaded (SIGHUP).
+    ConfigReloaded { origin: &'a str },
+    /// A reload failed; the old configuration stays.
+    ConfigReloadFailed { origin: &'a str, error: &'a str },
+    /// A signal asked us to stop.
+    ShutdownStarted { signal: &'a str },
+    /// Everything stopped.
+    ShutdownDone { sessions_left: usize },
+    /// accept() failed.
+    AcceptFailed { error: &'a str },
+    /// No command within the timeout (Sendmail wording).
+    CommandTimeout {
+        qid: Option<&'a str>,
+        host: &'a str,
+        phase: &'a str,
+    },
+    /// No data within the timeout.
+    DataTimeout {
+        qid: Option<&'a str>,
+        relay: &'a str,
+    },
+    /// The spool did not commit within `datafinal`.
+    CommitTimeout {
+        qid: Option<&'a str>,
+        relay: &'a str,
+    },
+    /// A session ended without MAIL (Sendmail wording).
+    NoMailIssued { relay: &'a str },
+    /// The client went away inside a transaction.
+    LostInput {
+        qid: Option<&'a str>,
+        relay: &'a str,
+        in_data: bool,
+    },
+    /// A message is durable and acknowledged (Sendmail's `from=` line).
+    MessageAccepted {
+        qid: &'a str,
+        from: &'a str,
+        size: usize,
+        nrcpts: usize,
+        msgid: Option<&'a str>,
+        proto: &'a str,
+        relay: &'a str,
+    },
+    /// A message was refused after its data.
+    MessageRefused {
+        qid: Option<&'a str>,
+        relay: &'a str,
+        reply: &'a str,
+        size: u64,
+    },
+    /// The spool could not take a message.
+    CommitFailed {
+        qid: Option<&'a str>,
+        error: &'a str,
+    },
+    /// Too many unknown commands.
+    TooManyBadCommands { relay: &'a str },
+    /// One recipient delivered (Sendmail's `to=` line).
+    Delivered {
+        qid: &'a str,
+        to: &'a str,
+        delay: i64,
+        xdelay: i64,
+        mailer: &'a str,
+        path: &'a str,
+    },
+    /// One recipient deferred.
+    Deferred {
+        qid: &'a str,
+        to: &'a str,
+        delay: i64,
+        xdelay: i64,
+        mailer: &'a str,
+        error: &'a str,
+    },
+    /// A message stays queued past its lifetime and is held for the admin.
+    LifetimeExceeded { qid: &'a str, age: i64 },
+    /// A spool file could not be read.
+    SpoolReadFailed { qid: &'a str, error: &'a str },
+    /// Recovery moved a file to quarantine.
+    Quarantined { path: &'a str, reason: &'a str },
+    /// Recovery found messages to deliver.
+    Recovered { messages: usize },
+}
+
+/// An event rendered once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Stable event name (`smtp_message_accepted`, ...).
+    pub name: &'static str,
+    /// Severity.
+    pub level: Level,
+    /// The queue id the line is about, if any.
+    pub qid: Option<String>,
+    /// The Sendmail-worded text.
+    pub text: String,
+    /// Extra structured fields.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Event<'_> {
+    /// Renders the event (one arm per event, each a single expression).
+    pub fn render(&self) -> Record {
+        use Level::{Error, Info, Notice, Warning};
+        let r = |name, level, qid: Option<&str>, text: String| Record {
+            name,
+            level,
+            qid: qid.map(str::to_owned),
+            text,
+            fields: Vec::new(),
+        };
+        match *self {
+            Self::ServerStarted { version, config } => r(
+                "server_started",
+                Notice,
+                None,
+                format!("starting daemon (Portcullis {version}): config={config}"),
+            ),
+            Self::ListenerBound { addr } => r(
+                "server_listening",
+                Notice,
+                None,
+                format!("listening on {addr}"),
+            ),
+            Self::ConfigReloaded { origin } => r(
+                "config_reloaded",
+                Notice,
+                None,
+                format!("configuration reloaded from {origin}"),
+            ),
+            Self::ConfigReloadFailed { origin, error } => r(
+                "config_reload_failed",
+                Error,
+                None,
+                format!("configuration reload from {origin} failed, keeping the old one: {error}"),
+            ),
+            Self::ShutdownStarted { signal } => r(
+                "server_stopping",
+                Notice,
+                None,
+                format!("interrupt ({signal}): stopping"),
+            ),
+            Self::ShutdownDone { sessions_left } => r(
+                "server_stopped",
+                Notice,
+                None,
+                format!("stopped; {sessions_left} session(s) cut off"),
+            ),
+            Self::AcceptFailed { error } => r(
+                "server_accept_failed",
+                Warning,
+                None,
+                format!("accept failed: {error}"),
+            ),
+            Self::CommandTimeout { qid, host, phase } => r(
+                "smtp_command_timeout",
+                Info,
+                qid,
+                format!("timeout waiting for input from {host} during server cmd read"),
+            )
+            .with("phase", phase),
+            Self::DataTimeout { qid, relay } => r(
+                "smtp_data_timeout",
+                Info,
+                qid,
+                format!("timeout waiting for data from {relay}: 421 4.4.1 sent"),
+            ),
+            Self::CommitTimeout { qid, relay } => r(
+                "smtp_commit_timeout",
+                Warning,
+                qid,
+                format!("spool did not commit within datafinal for {relay}: 451 4.3.0 sent"),
+            ),
+            Self::NoMailIssued { relay } => r(
+                "smtp_no_mail",
+                Info,
+                None,
+                format!("{relay} did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA"),
+            ),
+            Self::LostInput {
+                qid,
+                relay,
+                in_data,
+            } => r(
+                "smtp_lost_input",
+                Info,
+                qid,
+                format!(
+                    "lost input channel from {relay} to MTA after {}",
+                    if in_data { "data" } else { "mail" }
+                ),
+            ),
+            Self::MessageAccepted {
+                qid,
+                from,
+                size,
+                nrcpts,
+                msgid,
+                proto,
+                relay,
+            } => r(
+                "smtp_message_accepted",
+                Info,
+                Some(qid),
+                format!(
+                    "from=<{from}>, size={size}, class=0, nrcpts={nrcpts}, msgid={}, proto={proto}, daemon=MTA, relay={relay}",
+                    msgid.unwrap_or("<>")
+                ),
+            ),
+            Self::MessageRefused {
+                qid,
+                relay,
+                reply,
+                size,
+            } => r(
+                "smtp_message_refused",
+                Info,
+                qid,
+                format!("message from {relay} refused: {reply}"),
+            )
+            .with("size", &size.to_string()),
+            Self::CommitFailed { qid, error } => r(
+                "spool_commit_failed",
+                Error,
+                qid,
+                format!("SYSERR: spool commit failed: {error}"),
+            ),
+            Self::TooManyBadCommands { relay } => r(
+                "smtp_too_many_bad_commands",
+                Notice,
+                None,
+                format!("{relay}: too many bad commands; closing connection"),
+            ),
+            Self::Delivered {
+                qid,
+                to,
+                delay,
+                xdelay,
+                mailer,
+                path,
+            } => r(
+                "delivery_sent",
+                Info,
+                Some(qid),
+                format!(
+                    "to=<{to}>, delay={}, xdelay={}, mailer={mailer}, dsn=2.0.0, stat=Sent",
+                    clock::sendmail_delay(delay),
+                    clock::sendmail_delay(xdelay)
+                ),
+            )
+            .with("path", path),
+            Self::Deferred {
+                qid,
+                to,
+                delay,
+                xdelay,
+                mailer,
+                error,
+            } => r(
+                "delivery_deferred",
+                Warning,
+                Some(qid),
+                format!(
+                    "to=<{to}>, delay={}, xdelay={}, mailer={mailer}, dsn=4.0.0, stat=Deferred: {error}",
+                    clock::sendmail_delay(delay),
+                    clock::sendmail_delay(xdelay)
+                ),
+            ),
+            Self::LifetimeExceeded { qid, age } => r(
+                "queue_lifetime_exceeded",
+                Warning,
+                Some(qid),
+                format!(
+                    "message in queue for {}; held for the administrator",
+                    clock::sendmail_delay(age)
+                ),
+            ),
+            Self::SpoolReadFailed { qid, error } => r(
+                "spool_read_failed",
+                Error,
+                Some(qid),
+                format!("SYSERR: cannot read queue file: {error}"),
+            ),
+            Self::Quarantined { path, reason } => r(
+                "spool_quarantined",
+                Warning,
+                None,
+                format!("quarantined {path}: {reason}"),
+            ),
+            Self::Recovered { messages } => r(
+                "spool_recovered",
+                Notice,
+                None,
+                format!("recovered {messages} queued message(s)"),
+            ),
+        }
+    }
+}
+
+impl Record {
+    fn with(mut self, key: &'static str, value: &str) -> Self {
+        self.fields.push((key, value.to_owned()));
+        self
+    }
+
+    /// The syslog-style message (without timestamp and tag): `QID: text`.
+    pub fn message(&self) -> String {
+        match &self.qid {
+            Some(q) => format!("{q}: {}", self.text),
+            None => self.text.clone(),
+        }
+    }
+
+    /// One JSON object.
+    pub fn json(&self, ts: &str) -> String {
+        let mut out = format!(
+            "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"event\":\"{}\"",
+            self.level.name(),
+            self.name
+        );
+        if let Some(q) = &self.qid {
+            out.push_str(&format!(",\"qid\":{}", json_string(q)));
+        }
+        out.push_str(&format!(",\"message\":{}", json_string(&self.text)));
+        for (k, v) in &self.fields {
+            out.push_str(&format!(",\"{k}\":{}", json_string(v)));
+        }
+        out.push('}');
+        out
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+enum Sink {
+    Stderr,
+    Syslog(UnixDatagram),
+    /// Tests read the lines back.
+    Memory(Mutex<Vec<String>>),
+}
+
+/// Where events go.
+pub struct Telemetry {
+    format: LogFormat,
+    sink: Sink,
+    hostname: String,
+    pid: u32,
+}
+
+impl Telemetry {
+    /// Opens the configured destination. A syslog socket that cannot be opened falls back to
+    /// stderr, with a warning there.
+    pub fn new(format: LogFormat, destination: LogDestination, hostname: &str) -> Self {
+        let sink = match destination {
+            LogDestination::Stderr => Sink::Stderr,
+            LogDestination::Syslog => match UnixDatagram::unbound().and_then(|s| {
+                s.connect("/dev/log")?;
+                Ok(s)
+            }) {
+                Ok(s) => Sink::Syslog(s),
+                Err(e) => {
+                    eprintln!("portcullis: cannot open /dev/log ({e}); logging to stderr");
+                    Sink::Stderr
+                }
+            },
+        };
+        Self {
+            format,
+            sink,
+            hostname: hostname.to_owned(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Collects lines in memory (tests).
+    pub fn memory(format: LogFormat) -> Self {
+        Self {
+            format,
+            sink: Sink::Memory(Mutex::new(Vec::new())),
+            hostname: "test".into(),
+            pid: 0,
+        }
+    }
+
+    /// The lines collected by a memory sink.
+    pub fn lines(&self) -> Vec<String> {
+        match &self.sink {
+            Sink::Memory(m) => m.lock().map(|v| v.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Records one event.
+    pub fn emit(&self, event: Event<'_>) {
+        let record = event.render();
+        let now = clock::wall();
+        let line = match self.format {
+            LogFormat::Json => record.json(&clock::rfc3339(now)),
+            LogFormat::Syslog => match self.sink {
+                // syslogd adds its own timestamp and host.
+                Sink::Syslog(_) => format!(
+                    "<{}>portcullis[{}]: {}",
+                    record.level.priority(),
+                    self.pid,
+                    record.message()
+                ),
+                _ => format!(
+                    "{} {} portcullis[{}]: {}",
+                    clock::rfc3339(now),
+                    self.hostname,
+                    self.pid,
+                    record.message()
+                ),
+            },
+        };
+        match &self.sink {
+            Sink::Stderr => write_stderr(&line),
+            Sink::Syslog(sock) => {
+                let datagram = match self.format {
+                    LogFormat::Json => format!(
+                        "<{}>portcullis[{}]: {line}",
+                        record.level.priority(),
+                        self.pid
+                    ),
+                    LogFormat::Syslog => line.clone(),
+                };
+                if sock.send(datagram.as_bytes()).is_err() {
+                    write_stderr(&line);
+                }
+            }
+            Sink::Memory(m) => {
+                if let Ok(mut v) = m.lock() {
+                    v.push(line);
+                }
+            }
+        }
+    }
+}
+
+fn write_stderr(line: &str) {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    // One write per line so concurrent lines do not interleave; a failing stderr is ignored.
+    let _ = std::io::stderr().lock().write_all(&buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sendmail_wording() {
+        let e = Event::MessageAccepted {
+            qid: "6ALBkAGx022139",
+            from: "alice@example.org",
+            size: 18,
+            nrcpts: 1,
+            msgid: Some("<x@y>"),
+            proto: "ESMTP",
+            relay: "localhost [127.0.0.1]",
+        };
+        assert_eq!(
+            e.render().message(),
+            "6ALBkAGx022139: from=<alice@example.org>, size=18, class=0, nrcpts=1, msgid=<x@y>, proto=ESMTP, daemon=MTA, relay=localhost [127.0.0.1]"
+        );
+        let e = Event::CommandTimeout {
+            qid: None,
+            host: "localhost",
+            phase: "mail",
+        };
+        assert_eq!(
+            e.render().message(),
+            "timeout waiting for input from localhost during server cmd read"
+        );
+        let e = Event::Delivered {
+            qid: "Q",
+            to: "a@localhost",
+            delay: 61,
+            xdelay: 0,
+            mailer: "local",
+            path: "/x",
+        };
+        assert_eq!(
+            e.render().message(),
+            "Q: to=<a@localhost>, delay=00:01:01, xdelay=00:00:00, mailer=local, dsn=2.0.0, stat=Sent"
+        );
+    }
+
+    #[test]
+    fn json_is_escaped() {
+        let e = Event::ConfigReloadFailed {
+            origin: "a\"b",
+            error: "line\nbreak",
+        };
+        let j = e.render().json("T");
+        assert_eq!(
+            j,
+            "{\"ts\":\"T\",\"level\":\"error\",\"event\":\"config_reload_failed\",\"message\":\"configuration reload from a\\\"b failed, keeping the old one: line\\nbreak\"}"
+        );
+    }
+}

@@ -42,7 +42,7 @@ pub struct Built {
 }
 
 /// Opens and recovers the spool, starts the committer, prepares shared state.
-pub fn build(config: Config, telemetry: Telemetry) -> Result<Built> {
+pub fn build(config: Config, telemetry: Telemetry, commit: CommitOptions) -> Result<Built> {
     std::fs::create_dir_all(&config.local.maildir_root).with_context(|| {
         format!(
             "cannot create maildir_root {}",
@@ -67,8 +67,8 @@ pub fn build(config: Config, telemetry: Telemetry) -> Result<Built> {
             messages: recovery.ready.len(),
         });
     }
-    let committer = Committer::start(spool.clone(), CommitOptions::default())
-        .context("cannot start the spool committer")?;
+    let committer =
+        Committer::start(spool.clone(), commit).context("cannot start the spool committer")?;
     let (queue, queue_rx) = QueueHandle::new();
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::new(config)),
@@ -126,7 +126,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         shared,
         queue_rx,
         recovered,
-    } = build(config, telemetry)?;
+    } = build(config, telemetry, CommitOptions::default())?;
     let listeners = listen
         .iter()
         .map(|a| bind(*a))

@@ -28,7 +28,10 @@ pub struct CommitOptions {
     pub max_batch: usize,
     /// Messages that may wait for a worker before `submit` says `Full`. At least 1.
     pub queue_capacity: usize,
-    /// Worker threads: while one fsyncs, another gathers the next batch. At least 1.
+    /// Worker threads: while one fsyncs, another gathers the next batch. 0 means no
+    /// threads: `submit` commits on the caller's thread before returning. That inline mode
+    /// is for tools and for tests under paused tokio time, where a commit finishing on a
+    /// thread tokio cannot see would let virtual time jump past every deadline.
     pub threads: usize,
 }
 
@@ -56,6 +59,8 @@ pub struct Committer {
     /// `None` once shut down. Read-locked by `submit` (concurrent), write-locked once.
     sender: RwLock<Option<SyncSender<Job>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Inline mode (`threads == 0`): the spool, `None` once shut down.
+    inline: RwLock<Option<Arc<Spool>>>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -65,13 +70,21 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    /// Starts `opts.threads` workers named `spool-commit-N` (zero sizes count as 1).
+    /// Starts `opts.threads` workers named `spool-commit-N` (zero sizes other than
+    /// `threads` count as 1; `threads == 0` is inline mode).
     pub fn start(spool: Arc<Spool>, opts: CommitOptions) -> Result<Self, SpoolError> {
+        if opts.threads == 0 {
+            return Ok(Self {
+                sender: RwLock::new(None),
+                workers: Mutex::new(Vec::new()),
+                inline: RwLock::new(Some(spool)),
+            });
+        }
         let (sender, receiver) = sync_channel(opts.queue_capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let max_batch = opts.max_batch.max(1);
         let mut workers = Vec::new();
-        for n in 0..opts.threads.max(1) {
+        for n in 0..opts.threads {
             let (own_spool, own_receiver) = (Arc::clone(&spool), Arc::clone(&receiver));
             let spawned = thread::Builder::new()
                 .name(format!("spool-commit-{n}"))
@@ -89,12 +102,23 @@ impl Committer {
         Ok(Self {
             sender: RwLock::new(Some(sender)),
             workers: Mutex::new(workers),
+            inline: RwLock::new(None),
         })
     }
 
     /// Queues `msg` for commit without blocking. On `Ok`, `done` will be called exactly
     /// once; on `Err`, neither the message nor `done` is kept and `done` is not called.
     pub fn submit(&self, msg: NewMessage, done: CommitCallback) -> Result<(), SubmitError> {
+        if let Some(spool) = &*self.inline.read().unwrap_or_else(PoisonError::into_inner) {
+            let id = msg.envelope.id.clone();
+            let result = spool
+                .commit_batch(std::slice::from_ref(&msg))
+                .pop()
+                .unwrap_or(Ok(()))
+                .map(|()| id);
+            done(result);
+            return Ok(());
+        }
         let guard = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         let sender = guard.as_ref().ok_or(SubmitError::Closed)?;
         sender.try_send(Job { msg, done }).map_err(|e| match e {
@@ -106,6 +130,12 @@ impl Committer {
     /// Stops accepting, lets the workers commit everything already queued (all
     /// callbacks run), and joins them. Idempotent.
     pub fn shutdown(&self) {
+        drop(
+            self.inline
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         // Dropping the only sender disconnects the channel once it is drained.
         drop(
             self.sender

@@ -167,3 +167,53 @@ fn failed_commit_reports_the_error_and_a_panicking_callback_is_contained() {
     );
     assert_eq!(spool.read(&id).unwrap().envelope.sender, "s0@example.org");
 }
+
+/// Inline mode (threads = 0) commits before `submit` returns: what paused-time tests need.
+#[test]
+fn inline_mode_commits_before_submit_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = std::sync::Arc::new(portcullis_spool::Spool::open(dir.path()).unwrap());
+    let opts = portcullis_spool::CommitOptions {
+        threads: 0,
+        ..Default::default()
+    };
+    let committer = portcullis_spool::Committer::start(spool.clone(), opts).unwrap();
+    let id = portcullis_spool::QueueIdGen::new(7).next(1_800_000_000);
+    let msg = portcullis_spool::NewMessage {
+        envelope: portcullis_spool::Envelope {
+            id: id.clone(),
+            received_at: 1_800_000_000,
+            sender: "a@b.c".into(),
+            recipients: vec!["d@localhost".into()],
+            client_addr: "127.0.0.1".into(),
+            client_name: String::new(),
+            helo: "h".into(),
+            protocol: "ESMTP".into(),
+            msgid: None,
+        },
+        data: b"x\r\n".to_vec(),
+    };
+    let got = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let sink = got.clone();
+    committer
+        .submit(
+            msg,
+            Box::new(move |r| *sink.lock().unwrap() = Some(r.map_err(|e| e.to_string()))),
+        )
+        .unwrap();
+    assert_eq!(
+        got.lock().unwrap().clone(),
+        Some(Ok(id.clone())),
+        "callback ran inside submit"
+    );
+    assert!(spool.read(&id).is_ok());
+    committer.shutdown();
+    let late = committer.submit(
+        portcullis_spool::NewMessage {
+            envelope: spool.read(&id).unwrap().envelope,
+            data: Vec::new(),
+        },
+        Box::new(|_| {}),
+    );
+    assert_eq!(late, Err(portcullis_spool::SubmitError::Closed));
+}

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use portcullis_smtp::ReversePath;
 use portcullis_smtp::address::parse_path;
-use portcullis_spool::{DeliveryState, QueueId, SpoolError, StoredMessage, deliver, unique_name};
+use portcullis_spool::{
+    DeliveryState, MaildirItem, QueueId, SpoolError, StoredMessage, unique_name,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -188,110 +190,172 @@ pub async fn run(
     while workers.join_next().await.is_some() {}
 }
 
-/// One worker's batch, on a blocking thread.
+/// One worker's batch, on a blocking thread. Group commit on the delivery side: every
+/// pending recipient of the batch goes through one Maildir batch (one fsync per `new/`
+/// directory), and the finished messages leave the spool with one directory fsync.
 fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> {
     let rt = shared.runtime.load_full();
-    batch
+    let now = clock::unix_secs();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut work = Vec::with_capacity(batch.len());
+    for id in batch {
+        match load_due(shared, id, now) {
+            Ok(w) => work.push(w),
+            Err(outcome) => outcomes.push((id.clone(), outcome)),
+        }
+    }
+    let errors = deliver_recipients(shared, &rt, &mut work, now);
+    let (finished, unfinished): (Vec<_>, Vec<_>) = work
+        .into_iter()
+        .zip(errors)
+        .partition(|(w, _)| w.state.done.iter().all(|&d| d));
+    let finished_ids: Vec<QueueId> = finished
         .iter()
-        .map(|id| (id.clone(), deliver_message(shared, &rt, id)))
-        .collect()
+        .map(|(w, _)| w.stored.envelope.id.clone())
+        .collect();
+    let removed = shared.spool.remove_batch(&finished_ids);
+    for id in finished_ids {
+        match &removed {
+            Ok(()) => outcomes.push((id, Outcome::Done)),
+            Err(e) => {
+                // Delivered but still spooled: it is delivered again at the next start.
+                shared.telemetry.emit(Event::SpoolReadFailed {
+                    qid: id.as_str(),
+                    error: &e.to_string(),
+                });
+                outcomes.push((id, Outcome::Forget));
+            }
+        }
+    }
+    for (w, last_error) in unfinished {
+        let id = w.stored.envelope.id.clone();
+        outcomes.push((
+            id,
+            reschedule(shared, &rt, &w.stored, w.state, last_error, now),
+        ));
+    }
+    outcomes
 }
 
-fn deliver_message(shared: &Shared, rt: &Runtime, id: &QueueId) -> Outcome {
-    let now = clock::unix_secs();
+/// A message due for delivery, with the state the attempt updates.
+struct Work {
+    stored: StoredMessage,
+    state: DeliveryState,
+}
+
+/// Reads a message if it is due; otherwise says what to do with it.
+fn load_due(shared: &Shared, id: &QueueId, now: i64) -> Result<Work, Outcome> {
     let stored = match shared.spool.read(id) {
         Ok(s) => s,
-        Err(SpoolError::NotFound { .. }) => return Outcome::Done,
+        Err(SpoolError::NotFound { .. }) => return Err(Outcome::Done),
         Err(e) => {
             shared.telemetry.emit(Event::SpoolReadFailed {
                 qid: id.as_str(),
                 error: &e.to_string(),
             });
-            return Outcome::Forget;
+            return Err(Outcome::Forget);
         }
     };
     if stored.state.held {
-        return Outcome::Forget;
+        return Err(Outcome::Forget);
     }
     if stored.state.next_attempt_at > now {
-        return Outcome::Retry(stored.state.next_attempt_at);
+        return Err(Outcome::Retry(stored.state.next_attempt_at));
     }
     let mut state = stored.state.clone();
     if state.done.len() != stored.envelope.recipients.len() {
         state.done = vec![false; stored.envelope.recipients.len()];
     }
-    let last_error = deliver_recipients(shared, rt, &stored, &mut state, now);
-    if state.done.iter().all(|&d| d) {
-        return match shared.spool.remove(id) {
-            Ok(()) => Outcome::Done,
-            Err(e) => {
-                shared.telemetry.emit(Event::SpoolReadFailed {
-                    qid: id.as_str(),
-                    error: &e.to_string(),
-                });
-                Outcome::Forget
-            }
-        };
-    }
-    reschedule(shared, rt, &stored, state, last_error, now)
+    Ok(Work { stored, state })
 }
 
-/// Delivers every recipient not yet done; returns the last error, if any.
+/// Delivers every recipient not yet done, for the whole batch at once; marks the done ones
+/// and logs each outcome. Returns each message's last error.
 fn deliver_recipients(
     shared: &Shared,
     rt: &Runtime,
-    stored: &StoredMessage,
-    state: &mut DeliveryState,
+    work: &mut [Work],
     now: i64,
-) -> Option<String> {
-    let env = &stored.envelope;
-    let mut last_error = None;
-    for (i, rcpt) in env.recipients.iter().enumerate() {
-        if state.done[i] {
-            continue;
-        }
-        let result = match mailbox(rt, rcpt) {
-            Some((domain, local)) => {
-                let unique = unique_name(now, &env.id, i, &rt.config.server.hostname);
-                deliver(
-                    &rt.config.local.maildir_root,
-                    &domain,
-                    &local,
-                    &unique,
-                    &stored.data,
-                )
-                .map_err(|e| e.to_string())
+) -> Vec<Option<String>> {
+    let hostname = &rt.config.server.hostname;
+    // (message, recipient, mailbox or why not, unique name)
+    let mut plans = Vec::new();
+    for (m, w) in work.iter().enumerate() {
+        for (r, rcpt) in w.stored.envelope.recipients.iter().enumerate() {
+            if !w.state.done[r] {
+                let target = mailbox(rt, rcpt)
+                    .ok_or_else(|| "not a local mailbox (configuration changed?)".to_owned());
+                plans.push((
+                    m,
+                    r,
+                    target,
+                    unique_name(now, &w.stored.envelope.id, r, hostname),
+                ));
             }
-            None => Err("not a local mailbox (configuration changed?)".to_owned()),
+        }
+    }
+    let items: Vec<MaildirItem<'_>> = plans
+        .iter()
+        .filter_map(|(m, _, target, unique)| {
+            let (domain, local) = target.as_ref().ok()?;
+            Some(MaildirItem {
+                domain,
+                local,
+                unique,
+                data: &work[*m].stored.data,
+            })
+        })
+        .collect();
+    let mut delivered = deliver_batch_to_maildir(&rt.config.local.maildir_root, &items).into_iter();
+    let mut errors = vec![None; work.len()];
+    for (m, r, target, _) in plans {
+        let result = match target {
+            Ok(_) => delivered
+                .next()
+                .unwrap_or_else(|| Err("delivery result missing".to_owned())),
+            Err(e) => Err(e),
         };
-        let delay = now - env.received_at;
+        let env = &work[m].stored.envelope;
+        let (to, delay) = (env.recipients[r].as_str(), now - env.received_at);
         match result {
             Ok(path) => {
-                state.done[i] = true;
-                let path = path.display().to_string();
                 shared.telemetry.emit(Event::Delivered {
                     qid: env.id.as_str(),
-                    to: rcpt,
+                    to,
                     delay,
                     xdelay: 0,
                     mailer: "local",
                     path: &path,
                 });
+                work[m].state.done[r] = true;
             }
             Err(error) => {
                 shared.telemetry.emit(Event::Deferred {
                     qid: env.id.as_str(),
-                    to: rcpt,
+                    to,
                     delay,
                     xdelay: 0,
                     mailer: "local",
                     error: &error,
                 });
-                last_error = Some(error);
+                errors[m] = Some(error);
             }
         }
     }
-    last_error
+    errors
+}
+
+fn deliver_batch_to_maildir(
+    root: &std::path::Path,
+    items: &[MaildirItem<'_>],
+) -> Vec<Result<String, String>> {
+    portcullis_spool::deliver_batch(root, items)
+        .into_iter()
+        .map(|r| {
+            r.map(|p| p.display().to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Records a failed attempt: retry later with backoff, or hold past the lifetime.

@@ -23,6 +23,6 @@ mod spool;
 pub use commit::{CommitCallback, CommitOptions, Committer};
 pub use error::{SpoolError, SubmitError};
 pub use id::{ParseQueueIdError, QueueId, QueueIdGen};
-pub use maildir::{deliver, unique_name};
+pub use maildir::{MaildirItem, deliver, deliver_batch, unique_name};
 pub use message::{DeliveryState, Envelope, NewMessage, StoredMessage};
 pub use spool::{Recovery, Spool};

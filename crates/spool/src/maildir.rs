@@ -15,8 +15,9 @@ use crate::error::SpoolError;
 use crate::fsutil::{create_dir_durable, fsync_dir, rename_noreplace, write_new_synced};
 use crate::id::QueueId;
 
-/// Delivers `data` into `<root>/<domain>/<local>/new/<unique>` and returns that path.
-/// Creates the mailbox directories (`tmp/`, `new/`, `cur/`, mode 0700) if missing.
+/// Delivers into <root>/<domain>/<local>/: creates tmp/, new/, cur/ (0700) if missing,
+/// writes tmp/<unique> (create_new, 0600), fsyncs it, renames it into new/ without
+/// replacing anything, and fsyncs new/. Returns the final path.
 pub fn deliver(
     root: &Path,
     domain: &str,
@@ -24,6 +25,61 @@ pub fn deliver(
     unique: &str,
     data: &[u8],
 ) -> Result<PathBuf, SpoolError> {
+    let (dest, new_dir) = place(root, domain, local, unique, data)?;
+    fsync_dir(&new_dir)?;
+    Ok(dest)
+}
+
+/// One message for one mailbox, for [`deliver_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct MaildirItem<'a> {
+    /// Domain directory (a path component).
+    pub domain: &'a str,
+    /// Mailbox directory (a path component).
+    pub local: &'a str,
+    /// Maildir unique name ([`unique_name`]).
+    pub unique: &'a str,
+    /// The message.
+    pub data: &'a [u8],
+}
+
+/// [`deliver`] for many messages with one fsync per distinct `new/` directory instead of
+/// one per message (group commit on the delivery side). Each file is still fsynced before
+/// its rename; an item is reported delivered only after its directory's fsync succeeded.
+pub fn deliver_batch(root: &Path, items: &[MaildirItem<'_>]) -> Vec<Result<PathBuf, SpoolError>> {
+    let placed: Vec<_> = items
+        .iter()
+        .map(|it| place(root, it.domain, it.local, it.unique, it.data))
+        .collect();
+    let mut synced: Vec<(PathBuf, Result<(), String>)> = Vec::new();
+    placed
+        .into_iter()
+        .map(|r| {
+            let (dest, new_dir) = r?;
+            let outcome = match synced.iter().find(|(d, _)| *d == new_dir) {
+                Some((_, o)) => o.clone(),
+                None => {
+                    let o = fsync_dir(&new_dir).map_err(|e| e.to_string());
+                    synced.push((new_dir.clone(), o.clone()));
+                    o
+                }
+            };
+            outcome.map(|()| dest).map_err(|reason| SpoolError::Io {
+                path: new_dir,
+                source: std::io::Error::other(reason),
+            })
+        })
+        .collect()
+}
+
+/// Everything of a delivery but the directory fsync: returns (final path, its new/ dir).
+fn place(
+    root: &Path,
+    domain: &str,
+    local: &str,
+    unique: &str,
+    data: &[u8],
+) -> Result<(PathBuf, PathBuf), SpoolError> {
     check_component("domain", domain)?;
     check_component("local part", local)?;
     check_unique(unique)?;
@@ -49,13 +105,9 @@ pub fn deliver(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    fsync_dir(&new_dir)?;
-    Ok(dest)
+    Ok((dest, new_dir))
 }
 
-/// The Maildir unique name `<unix_secs>.<qid>_<rcpt_index>.<hostname>`. The queue id
-/// and recipient index make it unique per delivery; `/` and `:` in the host name are
-/// written `\057` and `\072` as the Maildir specification asks.
 pub fn unique_name(unix_secs: i64, id: &QueueId, rcpt_index: usize, hostname: &str) -> String {
     let host = hostname.replace('/', "\\057").replace(':', "\\072");
     format!("{unix_secs}.{id}_{rcpt_index}.{host}")

@@ -199,11 +199,19 @@ impl Spool {
     /// recovery), never a message without its state (which would be re-delivered to
     /// every recipient). Missing files are not an error.
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        for path in [self.queue_path(id), self.state_path(id)] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpoolError::io(&path, e)),
+        self.remove_batch(std::slice::from_ref(id))
+    }
+
+    /// [`Spool::remove`] for many messages with one directory fsync. Stops at the first
+    /// error (the messages not yet removed are simply delivered again later).
+    pub fn remove_batch(&self, ids: &[QueueId]) -> Result<(), SpoolError> {
+        for id in ids {
+            for path in [self.queue_path(id), self.state_path(id)] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolError::io(&path, e)),
+                }
             }
         }
         fsync_dir(&self.queue)

@@ -362,3 +362,74 @@ fn recover_quarantines_tmp_leftovers_orphans_and_foreign_files() {
     let again = spool.recover().unwrap();
     assert_eq!((again.ready, again.quarantined.len()), (vec![good], 0));
 }
+
+/// Group commit on the delivery side: every item lands in new/, a bad item fails alone.
+#[test]
+fn maildir_batch_delivers_each_item_and_isolates_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let items = [
+        portcullis_spool::MaildirItem {
+            domain: "localhost",
+            local: "alice",
+            unique: "1.a",
+            data: b"one\r\n",
+        },
+        portcullis_spool::MaildirItem {
+            domain: "localhost",
+            local: "alice",
+            unique: "1.b",
+            data: b"two\r\n",
+        },
+        portcullis_spool::MaildirItem {
+            domain: "localhost",
+            local: "../evil",
+            unique: "1.c",
+            data: b"x",
+        },
+        portcullis_spool::MaildirItem {
+            domain: "localhost",
+            local: "bob",
+            unique: "1.d",
+            data: b"three\r\n",
+        },
+    ];
+    let results = portcullis_spool::deliver_batch(root, &items);
+    assert!(
+        results[0].is_ok() && results[1].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert!(matches!(
+        results[2],
+        Err(portcullis_spool::SpoolError::InvalidMailbox { .. })
+    ));
+    assert_eq!(
+        std::fs::read(root.join("localhost/alice/new/1.b")).unwrap(),
+        b"two\r\n"
+    );
+    assert_eq!(
+        std::fs::read(root.join("localhost/bob/new/1.d")).unwrap(),
+        b"three\r\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("localhost/alice/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(!root.join("evil").exists() && !root.join("localhost/evil").exists());
+}
+
+#[test]
+fn remove_batch_removes_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = portcullis_spool::Spool::open(dir.path()).unwrap();
+    let ids_gen = portcullis_spool::QueueIdGen::new(1);
+    let batch: Vec<_> = (0..5)
+        .map(|_| message(ids_gen.next(1_800_000_000), b"x\r\n"))
+        .collect();
+    assert!(spool.commit_batch(&batch).iter().all(Result::is_ok));
+    let ids: Vec<_> = batch.iter().map(|m| m.envelope.id.clone()).collect();
+    spool.remove_batch(&ids[..4]).unwrap();
+    assert_eq!(spool.list().unwrap(), vec![ids[4].clone()]);
+}

@@ -1,0 +1,170 @@
+//! The queue runner against a real spool and Maildir: temporary failures are retried with
+//! backoff, and a message past its lifetime is held, never dropped.
+//!
+//! These use real (not paused) time: retries are scheduled on the wall clock in whole
+//! seconds, so each test waits a few seconds at most.
+
+// Test code: panics are the failure report; waiting uses the real clock on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::serve::build;
+use portcullis::state::Shared;
+use portcullis::telemetry::Telemetry;
+use portcullis_config::{LogFormat, load_str};
+use portcullis_spool::{CommitOptions, Envelope, NewMessage, QueueId};
+use tokio_util::sync::CancellationToken;
+
+fn config(dir: &Path, extra: &str) -> portcullis_config::Config {
+    let toml = format!(
+        "server.hostname = \"mx.example.test\"\nserver.spool_dir = \"{0}/spool\"\nlocal.maildir_root = \"{0}/mail\"\nlocal.domains = [\"localhost\"]\n{extra}",
+        dir.display()
+    );
+    load_str(&toml, "test").unwrap().config
+}
+
+fn spool_message(shared: &Shared, rcpt: &str) -> QueueId {
+    let id = shared.ids.next(portcullis::clock::unix_secs());
+    let envelope = Envelope {
+        id: id.clone(),
+        received_at: portcullis::clock::unix_secs(),
+        sender: "bob@example.org".into(),
+        recipients: vec![rcpt.into()],
+        client_addr: "127.0.0.1".into(),
+        client_name: String::new(),
+        helo: "c".into(),
+        protocol: "ESMTP".into(),
+        msgid: None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let msg = NewMessage {
+        envelope,
+        data: b"Subject: q\r\n\r\nbody\r\n".to_vec(),
+    };
+    shared
+        .committer
+        .submit(msg, Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+        .unwrap();
+    assert!(rx.recv().unwrap());
+    id
+}
+
+async fn wait_for(shared: &Shared, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if shared.telemetry.lines().iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn temporary_failure_is_retried_then_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "queue.retry_min = \"1s\"\nqueue.retry_max = \"2s\"\n",
+    );
+    let built = build(
+        cfg,
+        Telemetry::memory(LogFormat::Syslog),
+        CommitOptions {
+            threads: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let shared: Arc<Shared> = built.shared;
+    // Break delivery: the Maildir root is a file.
+    let root = dir.path().join("mail");
+    std::fs::remove_dir(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    let id = spool_message(&shared, "alice@localhost");
+    let token = CancellationToken::new();
+    let runner = tokio::spawn(portcullis::queue::run(
+        shared.clone(),
+        built.queue_rx,
+        vec![id.clone()],
+        token.clone(),
+    ));
+
+    assert!(
+        wait_for(&shared, "stat=Deferred", Duration::from_secs(5)).await,
+        "{:?}",
+        shared.telemetry.lines()
+    );
+    let state = shared.spool.read(&id).unwrap().state;
+    assert_eq!(state.attempts, 1);
+    assert!(state.last_error.is_some());
+    assert!(!state.held);
+
+    // Repair it; the retry (after retry_min) delivers and empties the spool.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    assert!(
+        wait_for(&shared, "stat=Sent", Duration::from_secs(10)).await,
+        "{:?}",
+        shared.telemetry.lines()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(shared.spool.list().unwrap().is_empty());
+    let new = root.join("localhost/alice/new");
+    let files: Vec<_> = std::fs::read_dir(&new).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let data = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(data, b"Subject: q\r\n\r\nbody\r\n");
+    token.cancel();
+    runner.await.unwrap();
+}
+
+#[tokio::test]
+async fn past_its_lifetime_a_message_is_held_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"1s\"\n",
+    );
+    let built = build(
+        cfg,
+        Telemetry::memory(LogFormat::Syslog),
+        CommitOptions {
+            threads: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let shared = built.shared;
+    let root = dir.path().join("mail");
+    std::fs::remove_dir(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    let id = spool_message(&shared, "alice@localhost");
+    let token = CancellationToken::new();
+    let runner = tokio::spawn(portcullis::queue::run(
+        shared.clone(),
+        built.queue_rx,
+        vec![id.clone()],
+        token.clone(),
+    ));
+    assert!(
+        wait_for(
+            &shared,
+            "held for the administrator",
+            Duration::from_secs(8)
+        )
+        .await,
+        "{:?}",
+        shared.telemetry.lines()
+    );
+    let stored = shared.spool.read(&id).unwrap();
+    assert!(stored.state.held);
+    assert!(stored.state.attempts >= 2);
+    token.cancel();
+    runner.await.unwrap();
+    // Still in the spool after the runner stopped.
+    assert_eq!(shared.spool.list().unwrap(), vec![id]);
+}

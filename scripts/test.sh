@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when it is missing, then runs
+# formatting, lints, the dependency rules and every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+need_pkg() { # command package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "test.sh: installing $2 (for $1)"
+    if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
+}
+need_pkg swaks swaks
+need_pkg python3 python3
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependency rules"
+scripts/check-deps.sh
+echo "== cargo test"
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# One summary line that any CI reader understands.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt

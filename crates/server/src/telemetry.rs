@@ -16,6 +16,7 @@
 
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::sync::Mutex;
 
 use portcullis_config::{LogDestination, LogFormat};
@@ -434,15 +435,28 @@ impl Telemetry {
     /// Opens the configured destination. A syslog socket that cannot be opened falls back to
     /// stderr, with a warning there.
     pub fn new(format: LogFormat, destination: LogDestination, hostname: &str) -> Self {
+        Self::with_syslog_socket(format, destination, hostname, Path::new("/dev/log"))
+    }
+
+    /// [`Telemetry::new`] with another syslog socket path (tests).
+    pub fn with_syslog_socket(
+        format: LogFormat,
+        destination: LogDestination,
+        hostname: &str,
+        socket: &Path,
+    ) -> Self {
         let sink = match destination {
             LogDestination::Stderr => Sink::Stderr,
             LogDestination::Syslog => match UnixDatagram::unbound().and_then(|s| {
-                s.connect("/dev/log")?;
+                s.connect(socket)?;
                 Ok(s)
             }) {
                 Ok(s) => Sink::Syslog(s),
                 Err(e) => {
-                    eprintln!("portcullis: cannot open /dev/log ({e}); logging to stderr");
+                    eprintln!(
+                        "portcullis: cannot open {} ({e}); logging to stderr",
+                        socket.display()
+                    );
                     Sink::Stderr
                 }
             },
@@ -567,6 +581,38 @@ mod tests {
         assert_eq!(
             e.render().message(),
             "Q: to=<a@localhost>, delay=00:01:01, xdelay=00:00:00, mailer=local, dsn=2.0.0, stat=Sent"
+        );
+    }
+
+    #[test]
+    fn syslog_datagrams_carry_priority_and_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let t =
+            Telemetry::with_syslog_socket(LogFormat::Syslog, LogDestination::Syslog, "mx", &path);
+        t.emit(Event::NoMailIssued {
+            relay: "[127.0.0.1]",
+        });
+        t.emit(Event::ConfigReloadFailed {
+            origin: "f",
+            error: "e",
+        });
+        let mut buf = [0u8; 512];
+        let n = server.recv(&mut buf).unwrap();
+        let pid = std::process::id();
+        // mail facility (2) * 8 + info (6) = 22; error (3) = 19.
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!(
+                "<22>portcullis[{pid}]: [127.0.0.1] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA"
+            )
+        );
+        let n = server.recv(&mut buf).unwrap();
+        assert!(
+            std::str::from_utf8(&buf[..n])
+                .unwrap()
+                .starts_with("<19>portcullis[")
         );
     }
 

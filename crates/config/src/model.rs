@@ -85,109 +85,12 @@ impl LocalConfig {
     }
 }
 
-/// `[timeouts]`: per-phase read/answer timeouts (Sendmail `Timeout.*` names, RFC 5321
-/// §4.5.3.2 defaults). Use [`Timeouts::effective`] to apply the `command` cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    pub initial: Duration,
-    pub helo: Duration,
-    pub mail: Duration,
-    pub rcpt: Duration,
-    pub datainit: Duration,
-    pub datablock: Duration,
-    pub datafinal: Duration,
-    pub rset: Duration,
-    pub quit: Duration,
-    pub misc: Duration,
-    pub command: Duration,
-}
+/// `[timeouts]`: the session's own type (one definition, owned by the crate that arms the
+/// timers); `Phase` names a wait and `Timeouts::effective` applies the `command` cap.
+pub use portcullis_smtp::{Timeouts, WaitPhase as Phase};
 
-/// A waiting phase of the server dialogue, naming which timeout applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// Greeting sent, waiting for the first command.
-    Initial,
-    /// Waiting for a command while no HELO/EHLO has been accepted (after the first).
-    Helo,
-    /// After HELO/EHLO, waiting for MAIL.
-    Mail,
-    /// In a transaction, waiting for RCPT or DATA.
-    Rcpt,
-    /// After RSET.
-    Rset,
-    /// After NOOP/VRFY/HELP and other commands.
-    Misc,
-    /// After the 354, until the first data bytes.
-    DataInit,
-    /// Between two reads of message data.
-    DataBlock,
-    /// After the final dot, until the message is durable and answered.
-    DataFinal,
-    /// After QUIT, flushing the 221.
-    Quit,
-}
-
-impl Phase {
-    /// Phases that wait for a command line; `command` caps exactly these. Data reads, the
-    /// server's own work after the dot and the closing flush are not command reads.
-    pub fn is_command_read(self) -> bool {
-        matches!(
-            self,
-            Self::Initial | Self::Helo | Self::Mail | Self::Rcpt | Self::Rset | Self::Misc
-        )
-    }
-}
-
-/// The values an operator gets without a `[timeouts]` section: RFC 5321 §4.5.3.2's
-/// recommendations (quit and misc have none there; 2m follows Sendmail's client side).
-pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
-    initial: Duration::from_secs(5 * 60),
-    helo: Duration::from_secs(5 * 60),
-    mail: Duration::from_secs(5 * 60),
-    rcpt: Duration::from_secs(5 * 60),
-    datainit: Duration::from_secs(2 * 60),
-    datablock: Duration::from_secs(3 * 60),
-    datafinal: Duration::from_secs(10 * 60),
-    rset: Duration::from_secs(5 * 60),
-    quit: Duration::from_secs(2 * 60),
-    misc: Duration::from_secs(2 * 60),
-    command: Duration::from_secs(5 * 60),
-};
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        DEFAULT_TIMEOUTS
-    }
-}
-
-impl Timeouts {
-    /// The configured timeout of `phase`, without the cap.
-    pub fn phase(&self, phase: Phase) -> Duration {
-        match phase {
-            Phase::Initial => self.initial,
-            Phase::Helo => self.helo,
-            Phase::Mail => self.mail,
-            Phase::Rcpt => self.rcpt,
-            Phase::Rset => self.rset,
-            Phase::Misc => self.misc,
-            Phase::DataInit => self.datainit,
-            Phase::DataBlock => self.datablock,
-            Phase::DataFinal => self.datafinal,
-            Phase::Quit => self.quit,
-        }
-    }
-
-    /// The timeout to arm for `phase`: for command reads `min(phase, command)`, otherwise the
-    /// phase's own value.
-    pub fn effective(&self, phase: Phase) -> Duration {
-        let own = self.phase(phase);
-        if phase.is_command_read() {
-            own.min(self.command)
-        } else {
-            own
-        }
-    }
-}
+/// The values an operator gets without a `[timeouts]` section (RFC 5321 §4.5.3.2).
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts::RFC5321;
 
 /// `[queue]`: retry schedule of temporary delivery failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_config::{BareLf, Config};
 use portcullis_policy::{LocalRecipients, Policy};
-use portcullis_smtp::{BareLineEndings, SessionConfig, Timeouts};
+use portcullis_smtp::{BareLineEndings, SessionConfig};
 use portcullis_spool::{Committer, QueueIdGen, Spool};
 
 use crate::queue::QueueHandle;
@@ -33,7 +33,6 @@ pub struct Runtime {
 impl Runtime {
     /// Resolves a configuration once (parse, don't validate: no string handling later).
     pub fn new(config: Config) -> Self {
-        let t = &config.timeouts;
         let session = SessionConfig {
             hostname: config.server.hostname.clone(),
             max_message_bytes: config.server.max_message_bytes,
@@ -41,19 +40,7 @@ impl Runtime {
                 BareLf::Reject => BareLineEndings::Reject,
                 BareLf::Normalize => BareLineEndings::Normalize,
             },
-            timeouts: Timeouts {
-                initial: t.initial,
-                helo: t.helo,
-                mail: t.mail,
-                rcpt: t.rcpt,
-                datainit: t.datainit,
-                datablock: t.datablock,
-                datafinal: t.datafinal,
-                rset: t.rset,
-                quit: t.quit,
-                misc: t.misc,
-                command: t.command,
-            },
+            timeouts: config.timeouts,
             ..SessionConfig::new(config.server.hostname.clone())
         };
         let recipients = LocalRecipients::new(

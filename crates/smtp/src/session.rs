@@ -27,7 +27,8 @@ use crate::data::{BareLineEndings, DataProblem, DataReceiver};
 use crate::reply::{self, Reply};
 
 /// Per-phase timeouts (Sendmail's names; see docs/config.md for what each phase is).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The configuration crate re-exports this type, so there is one definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// Greeting sent → first command.
     pub initial: Duration,
@@ -53,23 +54,53 @@ pub struct Timeouts {
     pub command: Duration,
 }
 
-impl Default for Timeouts {
-    /// RFC 5321 §4.5.3.2 values.
-    fn default() -> Self {
-        let m = |n: u64| Duration::from_secs(60 * n);
-        Self {
-            initial: m(5),
-            helo: m(5),
-            mail: m(5),
-            rcpt: m(5),
-            datainit: m(2),
-            datablock: m(3),
-            datafinal: m(10),
-            rset: m(5),
-            quit: m(2),
-            misc: m(2),
-            command: m(5),
+impl Timeouts {
+    /// RFC 5321 §4.5.3.2's values (quit and misc have none there; 2m follows Sendmail).
+    pub const RFC5321: Self = Self {
+        initial: Duration::from_secs(5 * 60),
+        helo: Duration::from_secs(5 * 60),
+        mail: Duration::from_secs(5 * 60),
+        rcpt: Duration::from_secs(5 * 60),
+        datainit: Duration::from_secs(2 * 60),
+        datablock: Duration::from_secs(3 * 60),
+        datafinal: Duration::from_secs(10 * 60),
+        rset: Duration::from_secs(5 * 60),
+        quit: Duration::from_secs(2 * 60),
+        misc: Duration::from_secs(2 * 60),
+        command: Duration::from_secs(5 * 60),
+    };
+
+    /// The configured timeout of `phase`, without the cap.
+    pub fn phase(&self, phase: WaitPhase) -> Duration {
+        match phase {
+            WaitPhase::Initial => self.initial,
+            WaitPhase::Helo => self.helo,
+            WaitPhase::Mail => self.mail,
+            WaitPhase::Rcpt => self.rcpt,
+            WaitPhase::DataInit => self.datainit,
+            WaitPhase::DataBlock => self.datablock,
+            WaitPhase::DataFinal => self.datafinal,
+            WaitPhase::Rset => self.rset,
+            WaitPhase::Quit => self.quit,
+            WaitPhase::Misc => self.misc,
         }
+    }
+
+    /// The timeout to arm for `phase`: `min(phase, command)` for command reads, otherwise
+    /// the phase's own value.
+    pub fn effective(&self, phase: WaitPhase) -> Duration {
+        let own = self.phase(phase);
+        if phase.is_command_read() {
+            own.min(self.command)
+        } else {
+            own
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::RFC5321
     }
 }
 
@@ -244,7 +275,7 @@ pub enum Event {
 }
 
 /// Which wait a deadline belongs to (Sendmail's timeout names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WaitPhase {
     /// `initial`.
     Initial,
@@ -269,6 +300,15 @@ pub enum WaitPhase {
 }
 
 impl WaitPhase {
+    /// Waits for a command line; `command` caps exactly these. Data reads, the server's own
+    /// work after the dot and the closing flush are not command reads.
+    pub fn is_command_read(self) -> bool {
+        matches!(
+            self,
+            Self::Initial | Self::Helo | Self::Mail | Self::Rcpt | Self::Rset | Self::Misc
+        )
+    }
+
     /// The option name.
     pub fn name(self) -> &'static str {
         match self {
@@ -890,24 +930,7 @@ impl Session {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
-        let t = &self.cfg.timeouts;
-        let d = match phase {
-            WaitPhase::Initial => t.initial,
-            WaitPhase::Helo => t.helo,
-            WaitPhase::Mail => t.mail,
-            WaitPhase::Rcpt => t.rcpt,
-            WaitPhase::DataInit => t.datainit,
-            WaitPhase::DataBlock => t.datablock,
-            WaitPhase::DataFinal => t.datafinal,
-            WaitPhase::Rset => t.rset,
-            WaitPhase::Quit => t.quit,
-            WaitPhase::Misc => t.misc,
-        };
-        let d = match phase {
-            // Data and commit waits are not command reads.
-            WaitPhase::DataInit | WaitPhase::DataBlock | WaitPhase::DataFinal => d,
-            _ => d.min(t.command),
-        };
+        let d = self.cfg.timeouts.effective(phase);
         self.deadline = Some((now + d, phase));
     }
 

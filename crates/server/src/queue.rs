@@ -278,6 +278,7 @@ fn deliver_recipients(
     now: i64,
 ) -> Vec<Option<String>> {
     let hostname = &rt.config.server.hostname;
+    let micros = clock::wall().subsec_microsecond().unsigned_abs();
     // (message, recipient, mailbox or why not, unique name)
     let mut plans = Vec::new();
     for (m, w) in work.iter().enumerate() {
@@ -289,7 +290,7 @@ fn deliver_recipients(
                     m,
                     r,
                     target,
-                    unique_name(now, &w.stored.envelope.id, r, hostname),
+                    unique_name(now, micros, &w.stored.envelope.id, r, hostname),
                 ));
             }
         }

@@ -10,6 +10,7 @@
 //! leading to it (including directories created on the way) are on disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SpoolError;
 use crate::fsutil::{create_dir_durable, fsync_dir, rename_noreplace, write_new_synced};
@@ -108,9 +109,26 @@ fn place(
     Ok((dest, new_dir))
 }
 
-pub fn unique_name(unix_secs: i64, id: &QueueId, rcpt_index: usize, hostname: &str) -> String {
+/// Maildir names handed out by this process (the `Q` part of a unique name).
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// A Maildir unique name, `<secs>.M<usec>P<pid>Q<n>.<qid>_<rcpt>.<host>`, after the Maildir
+/// conventions: the delivering process's pid and a per-process counter make every attempt's
+/// name new. That matters after a crash: a message whose copy reached `new/` before its spool
+/// file was removed is delivered again by the restarted server, possibly within the same
+/// second, and must not collide with the first copy (at-least-once, never a stuck retry).
+/// `/` and `:` in the host name become `\057` and `\072`, as the convention says.
+pub fn unique_name(
+    unix_secs: i64,
+    micros: u32,
+    id: &QueueId,
+    rcpt_index: usize,
+    hostname: &str,
+) -> String {
     let host = hostname.replace('/', "\\057").replace(':', "\\072");
-    format!("{unix_secs}.{id}_{rcpt_index}.{host}")
+    let n = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!("{unix_secs}.M{micros}P{pid}Q{n}.{id}_{rcpt_index}.{host}")
 }
 
 fn check_component(what: &str, name: &str) -> Result<(), SpoolError> {
@@ -157,7 +175,7 @@ mod tests {
     fn delivers_into_new_and_leaves_tmp_empty() {
         let root = tempfile::tempdir().unwrap();
         let data = b"Subject: x\r\n\r\nbody\0\xff\n";
-        let unique = unique_name(1_795_261_570, &id(), 0, "mx.example.org");
+        let unique = unique_name(1_795_261_570, 0, &id(), 0, "mx.example.org");
         let path = deliver(root.path(), "example.org", "alice", &unique, data).unwrap();
         let mailbox = root.path().join("example.org/alice");
         assert_eq!(path, mailbox.join("new").join(&unique));
@@ -165,7 +183,7 @@ mod tests {
         assert_eq!(fs::read_dir(mailbox.join("tmp")).unwrap().count(), 0);
         assert!(mailbox.join("cur").is_dir());
         // A second recipient in the same existing mailbox.
-        let unique2 = unique_name(1_795_261_570, &id(), 1, "mx.example.org");
+        let unique2 = unique_name(1_795_261_570, 0, &id(), 1, "mx.example.org");
         deliver(root.path(), "example.org", "alice", &unique2, b"2").unwrap();
         assert_eq!(fs::read_dir(mailbox.join("new")).unwrap().count(), 2);
     }
@@ -220,9 +238,24 @@ mod tests {
 
     #[test]
     fn unique_name_escapes_host() {
-        assert_eq!(
-            unique_name(1_795_261_570, &id(), 3, "mx/a:b"),
-            "1795261570.6ALBkA0000234567_3.mx\\057a\\072b"
+        let name = unique_name(1_795_261_570, 42, &id(), 3, "mx/a:b");
+        let pid = std::process::id();
+        assert!(
+            name.starts_with(&format!("1795261570.M42P{pid}Q")),
+            "{name}"
         );
+        assert!(
+            name.ends_with(".6ALBkA0000234567_3.mx\\057a\\072b"),
+            "{name}"
+        );
+    }
+
+    /// Regression (issue 2 fault test): a re-delivery in the same second, same message and
+    /// recipient, must get a new name.
+    #[test]
+    fn unique_names_never_repeat_for_the_same_message_and_second() {
+        let a = unique_name(1_795_261_570, 0, &id(), 0, "mx");
+        let b = unique_name(1_795_261_570, 0, &id(), 0, "mx");
+        assert_ne!(a, b);
     }
 }

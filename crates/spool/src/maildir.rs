@@ -13,7 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SpoolError;
-use crate::fsutil::{create_dir_durable, fsync_dir, rename_noreplace, write_new_synced};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use crate::fsutil::{
+    create_dir_durable, fsync_dir, rename_noreplace, syncfs, write_new, write_new_synced,
+};
 use crate::id::QueueId;
 
 /// Delivers into <root>/<domain>/<local>/: creates tmp/, new/, cur/ (0700) if missing,
@@ -26,9 +31,11 @@ pub fn deliver(
     unique: &str,
     data: &[u8],
 ) -> Result<PathBuf, SpoolError> {
-    let (dest, new_dir) = place(root, domain, local, unique, data)?;
-    fsync_dir(&new_dir)?;
-    Ok(dest)
+    let paths = prepare(root, domain, local, unique)?;
+    write_new_synced(&paths.tmp, &[data])?;
+    publish(&paths)?;
+    fsync_dir(&paths.new_dir)?;
+    Ok(paths.dest)
 }
 
 /// One message for one mailbox, for [`deliver_batch`].
@@ -44,43 +51,81 @@ pub struct MaildirItem<'a> {
     pub data: &'a [u8],
 }
 
-/// [`deliver`] for many messages with one fsync per distinct `new/` directory instead of
-/// one per message (group commit on the delivery side). Each file is still fsynced before
-/// its rename; an item is reported delivered only after its directory's fsync succeeded.
+/// [`deliver`] for many messages, as group commit on the delivery side: every file is
+/// written to its `tmp/`, then one `syncfs` per filesystem touched (a Maildir tree may span
+/// several; usually it is one) makes them all durable, then each is renamed into `new/` and
+/// each distinct `new/` directory is fsynced once. An item counts as delivered only after
+/// its directory fsync. A lone item takes the per-file path of [`deliver`].
 pub fn deliver_batch(root: &Path, items: &[MaildirItem<'_>]) -> Vec<Result<PathBuf, SpoolError>> {
-    let placed: Vec<_> = items
+    if items.len() < 2 {
+        return items
+            .iter()
+            .map(|it| deliver(root, it.domain, it.local, it.unique, it.data))
+            .collect();
+    }
+    let written: Vec<Result<(Paths, File), SpoolError>> = items
         .iter()
-        .map(|it| place(root, it.domain, it.local, it.unique, it.data))
+        .map(|it| {
+            let paths = prepare(root, it.domain, it.local, it.unique)?;
+            let file = write_new(&paths.tmp, &[it.data], false)?;
+            Ok((paths, file))
+        })
         .collect();
-    let mut synced: Vec<(PathBuf, Result<(), String>)> = Vec::new();
-    placed
+    let mut flushed: Vec<(u64, Result<(), String>)> = Vec::new();
+    let mut synced_dirs: Vec<(PathBuf, Result<(), String>)> = Vec::new();
+    let published: Vec<Result<Paths, SpoolError>> = written
         .into_iter()
-        .map(|r| {
-            let (dest, new_dir) = r?;
-            let outcome = match synced.iter().find(|(d, _)| *d == new_dir) {
-                Some((_, o)) => o.clone(),
-                None => {
-                    let o = fsync_dir(&new_dir).map_err(|e| e.to_string());
-                    synced.push((new_dir.clone(), o.clone()));
-                    o
-                }
-            };
-            outcome.map(|()| dest).map_err(|reason| SpoolError::Io {
-                path: new_dir,
-                source: std::io::Error::other(reason),
+        .map(|w| {
+            let (paths, file) = w?;
+            let dev = file
+                .metadata()
+                .map_err(|e| SpoolError::io(&paths.tmp, e))?
+                .dev();
+            let outcome = once(&mut flushed, dev, || syncfs(&file, &paths.tmp));
+            if let Err(reason) = outcome {
+                let _ = std::fs::remove_file(&paths.tmp);
+                return Err(SpoolError::io(&paths.tmp, std::io::Error::other(reason)));
+            }
+            publish(&paths)?;
+            Ok(paths)
+        })
+        .collect();
+    published
+        .into_iter()
+        .map(|p| {
+            let paths = p?;
+            once(&mut synced_dirs, paths.new_dir.clone(), || {
+                fsync_dir(&paths.new_dir)
             })
+            .map(|()| paths.dest)
+            .map_err(|reason| SpoolError::io(&paths.new_dir, std::io::Error::other(reason)))
         })
         .collect()
 }
 
-/// Everything of a delivery but the directory fsync: returns (final path, its new/ dir).
-fn place(
-    root: &Path,
-    domain: &str,
-    local: &str,
-    unique: &str,
-    data: &[u8],
-) -> Result<(PathBuf, PathBuf), SpoolError> {
+/// Runs `op` the first time `key` is seen and remembers its outcome for the others.
+fn once<K: PartialEq>(
+    seen: &mut Vec<(K, Result<(), String>)>,
+    key: K,
+    op: impl FnOnce() -> Result<(), SpoolError>,
+) -> Result<(), String> {
+    if let Some((_, outcome)) = seen.iter().find(|(k, _)| *k == key) {
+        return outcome.clone();
+    }
+    let outcome = op().map_err(|e| e.to_string());
+    seen.push((key, outcome.clone()));
+    outcome
+}
+
+/// Where one delivery's file lives.
+struct Paths {
+    tmp: PathBuf,
+    dest: PathBuf,
+    new_dir: PathBuf,
+}
+
+/// Checks the names and makes sure the mailbox's directories exist.
+fn prepare(root: &Path, domain: &str, local: &str, unique: &str) -> Result<Paths, SpoolError> {
     check_component("domain", domain)?;
     check_component("local part", local)?;
     check_unique(unique)?;
@@ -98,15 +143,19 @@ fn place(
     for dir in [&tmp_dir, &new_dir, &mailbox.join("cur")] {
         create_dir_durable(dir)?;
     }
-    let tmp = tmp_dir.join(unique);
-    let dest = new_dir.join(unique);
-    write_new_synced(&tmp, &[data])?;
-    if let Err(e) = rename_noreplace(&tmp, &dest) {
+    Ok(Paths {
+        tmp: tmp_dir.join(unique),
+        dest: new_dir.join(unique),
+        new_dir,
+    })
+}
+
+/// Renames tmp/<unique> into new/ without replacing anything.
+fn publish(paths: &Paths) -> Result<(), SpoolError> {
+    rename_noreplace(&paths.tmp, &paths.dest).inspect_err(|_| {
         // Ours (just created); the rename error is the one to report.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok((dest, new_dir))
+        let _ = std::fs::remove_file(&paths.tmp);
+    })
 }
 
 /// Maildir names handed out by this process (the `Q` part of a unique name).

@@ -615,3 +615,46 @@ fn received_header_format() {
         "Received: from c ([127.0.0.1])\r\n\tby mx (Portcullis) with SMTP id Q; D\r\n"
     );
 }
+
+mod fuzzish {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces a hostile client might send, mixed with random bytes.
+    fn chunk() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            Just(b"EHLO x\r\n".to_vec()),
+            Just(b"MAIL FROM:<a@b.c>\r\n".to_vec()),
+            Just(b"RCPT TO:<d@localhost>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(b"\n.\n".to_vec()),
+            Just(vec![0u8; 700]),
+            Just(vec![b'.'; 3]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever arrives, in whatever pieces, with time passing: no panic, every reply line
+        /// is `NNN` + space or dash, and the session's buffers stay bounded.
+        #[test]
+        fn hostile_input_never_breaks_the_session(chunks in proptest::collection::vec(chunk(), 1..40), gaps in proptest::collection::vec(0u64..400, 40)) {
+            let mut h = harness();
+            for (i, c) in chunks.iter().enumerate() {
+                if h.session.is_closed() { break; }
+                if h.session.wants_input() {
+                    h.session.handle_input(c, h.now);
+                }
+                h.pump();
+                prop_assert!(h.session.buffered() < 1000 + 4096 + 64 * 1024, "buffered {}", h.session.buffered());
+                h.advance(Duration::from_secs(gaps[i % gaps.len()]));
+            }
+            for line in h.out.split("\r\n").filter(|l| !l.is_empty()) {
+                let b = line.as_bytes();
+                prop_assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-'), "bad reply line {line:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reproduces docs/benchmarks.md: builds release binaries, then for each scenario starts a
+# fresh server in a fresh directory (the disk of these machines is noisy right after large
+# deletions, so old runs are removed only at the end), waits for the disk to settle, and
+# runs the load generator. Loopback only. Usage: scripts/bench.sh [runs] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+secs=${2:-20}
+cargo build --release -q -p portcullis -p portcullis-bench
+work=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+server_pid=
+stop() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; server_pid=; }
+trap 'stop; rm -rf "$work"' EXIT
+start() { # name
+    mkdir -p "$work/$1"
+    (cd "$work/$1" && exec "$OLDPWD/target/release/portcullis" serve 2>"$work/$1/server.log") &
+    server_pid=$!
+    for _ in $(seq 50); do grep -q "listening on" "$work/$1/server.log" 2>/dev/null && return 0; sleep 0.1; done
+    echo "server did not start"; cat "$work/$1/server.log"; exit 1
+}
+dev=$(basename "$(df --output=source "$work" | tail -1)")
+# Wait until the disk has no discards in flight (deleting earlier runs' files triggers
+# minutes of them on a discard-mounted filesystem, and they halve the figures).
+quiet() {
+    for _ in $(seq 60); do
+        a=$(awk -v d="$dev" '$3==d {print $17}' /proc/diskstats); sleep 2
+        b=$(awk -v d="$dev" '$3==d {print $17}' /proc/diskstats)
+        [ "${a:-0}" = "${b:-0}" ] && return 0
+    done
+    echo "  (disk still discarding after 120 s; figures may be low)"
+}
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
+for per in 1 100; do
+    for i in $(seq "$runs"); do
+        quiet; start "tp-$per-$i"; sleep 2
+        target/release/portcullis-bench throughput --target 127.0.0.1:2525 --sessions 32 \
+            --size 4096 --seconds "$secs" --per-connection "$per" | grep '^RESULT'
+        sleep 2
+        echo "  queue left after 2 s: $(ls "$work/tp-$per-$i/var/spool/queue" | wc -l)," \
+             "delivered: $(grep -c 'stat=Sent' "$work/tp-$per-$i/server.log")"
+        stop
+    done
+done
+# Each memory figure on a fresh server: a second run would find memory the allocator kept.
+start held; sleep 2
+target/release/portcullis-bench held --target 127.0.0.1:2525 --connections 10000 --pid "$server_pid" --hold 2 | grep '^RESULT'
+stop
+start held-ehlo; sleep 2
+target/release/portcullis-bench held --target 127.0.0.1:2525 --connections 10000 --pid "$server_pid" --hold 2 --after-ehlo | grep '^RESULT'
+stop

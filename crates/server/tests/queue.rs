@@ -63,35 +63,55 @@ async fn wait_for(shared: &Shared, needle: &str, limit: Duration) -> bool {
     false
 }
 
-#[tokio::test]
-async fn temporary_failure_is_retried_then_delivered() {
+/// A server whose Maildir root is broken (a file), one message spooled, the runner started.
+struct Broken {
+    dir: tempfile::TempDir,
+    shared: Arc<Shared>,
+    id: QueueId,
+    token: CancellationToken,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+fn start_broken(queue_config: &str) -> Broken {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "queue.retry_min = \"1s\"\nqueue.retry_max = \"2s\"\n",
-    );
-    let built = build(
-        cfg,
-        Telemetry::memory(LogFormat::Syslog),
-        CommitOptions {
-            threads: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cfg = config(dir.path(), queue_config);
+    let inline = CommitOptions {
+        threads: 0,
+        ..Default::default()
+    };
+    let built = build(cfg, Telemetry::memory(LogFormat::Syslog), inline).unwrap();
     let shared: Arc<Shared> = built.shared;
-    // Break delivery: the Maildir root is a file.
     let root = dir.path().join("mail");
     std::fs::remove_dir(&root).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();
     let id = spool_message(&shared, "alice@localhost");
     let token = CancellationToken::new();
+    let rx = built.queue_rx;
     let runner = tokio::spawn(portcullis::queue::run(
         shared.clone(),
-        built.queue_rx,
+        rx,
         vec![id.clone()],
         token.clone(),
     ));
+    Broken {
+        dir,
+        shared,
+        id,
+        token,
+        runner,
+    }
+}
+
+#[tokio::test]
+async fn temporary_failure_is_retried_then_delivered() {
+    let Broken {
+        dir,
+        shared,
+        id,
+        token,
+        runner,
+    } = start_broken("queue.retry_min = \"1s\"\nqueue.retry_max = \"2s\"\n");
+    let root = dir.path().join("mail");
 
     assert!(
         wait_for(&shared, "stat=Deferred", Duration::from_secs(5)).await,
@@ -124,32 +144,15 @@ async fn temporary_failure_is_retried_then_delivered() {
 
 #[tokio::test]
 async fn past_its_lifetime_a_message_is_held_not_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
+    let Broken {
+        dir: _dir,
+        shared,
+        id,
+        token,
+        runner,
+    } = start_broken(
         "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"1s\"\n",
     );
-    let built = build(
-        cfg,
-        Telemetry::memory(LogFormat::Syslog),
-        CommitOptions {
-            threads: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let shared = built.shared;
-    let root = dir.path().join("mail");
-    std::fs::remove_dir(&root).unwrap();
-    std::fs::write(&root, b"not a directory").unwrap();
-    let id = spool_message(&shared, "alice@localhost");
-    let token = CancellationToken::new();
-    let runner = tokio::spawn(portcullis::queue::run(
-        shared.clone(),
-        built.queue_rx,
-        vec![id.clone()],
-        token.clone(),
-    ));
     assert!(
         wait_for(
             &shared,

@@ -180,7 +180,7 @@ impl Driver {
         let mut data = Vec::with_capacity(header.len() + message.data.len());
         data.extend_from_slice(header.as_bytes());
         data.extend_from_slice(&message.data);
-        let msgid = message_id(&message.data);
+        let msgid = portcullis_smtp::data::message_id(&message.data);
         let nrcpts = message.recipients.len();
         let size = data.len();
         let from = message.sender.clone();
@@ -317,55 +317,9 @@ impl Driver {
     }
 }
 
-/// The Message-ID header's value, for the `msgid=` log field (headers only, bounded scan).
-pub fn message_id(data: &[u8]) -> Option<String> {
-    let headers_end = memchr_header_end(data);
-    let mut lines = data[..headers_end].split(|&b| b == b'\n');
-    while let Some(line) = lines.next() {
-        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
-            let mut value = String::from_utf8_lossy(&line[11..]).trim().to_owned();
-            // A folded value continues on the next line.
-            if value.is_empty() {
-                value = lines
-                    .next()
-                    .map(|l| String::from_utf8_lossy(l).trim().to_owned())?;
-            }
-            return (!value.is_empty()).then(|| value.chars().take(200).collect());
-        }
-    }
-    None
-}
-
-/// End of the header section (the first empty line), at most 64 KiB in.
-fn memchr_header_end(data: &[u8]) -> usize {
-    let limit = data.len().min(64 * 1024);
-    let window = &data[..limit];
-    window
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(limit, |p| p + 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_message_id() {
-        assert_eq!(
-            message_id(b"Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody"),
-            Some("<a@b>".into())
-        );
-        assert_eq!(
-            message_id(b"message-id:\r\n <folded@x>\r\n\r\n"),
-            Some("<folded@x>".into())
-        );
-        assert_eq!(
-            message_id(b"Subject: x\r\n\r\nMessage-ID: <in-body@x>\r\n"),
-            None
-        );
-        assert_eq!(message_id(b""), None);
-    }
 
     #[test]
     fn read_buffer_adapts() {

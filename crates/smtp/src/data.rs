@@ -210,6 +210,27 @@ impl DataReceiver {
     }
 }
 
+/// The Message-ID header's value, for the `msgid=` log field. Looks only at the header
+/// section (up to the first empty line), at most 64 KiB in; a folded value is followed onto
+/// its next line; the result is at most 200 characters.
+pub fn message_id(data: &[u8]) -> Option<String> {
+    let limit = data.len().min(64 * 1024);
+    let headers_end = memchr::memmem::find(&data[..limit], b"\r\n\r\n").map_or(limit, |p| p + 2);
+    let mut lines = data[..headers_end].split(|&b| b == b'\n');
+    while let Some(line) = lines.next() {
+        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            let mut value = String::from_utf8_lossy(&line[11..]).trim().to_owned();
+            if value.is_empty() {
+                value = lines
+                    .next()
+                    .map(|l| String::from_utf8_lossy(l).trim().to_owned())?;
+            }
+            return (!value.is_empty()).then(|| value.chars().take(200).collect());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +313,23 @@ mod tests {
             run(&long, BareLineEndings::Reject).1,
             Err(DataProblem::LineTooLong)
         );
+    }
+
+    #[test]
+    fn finds_message_id() {
+        assert_eq!(
+            message_id(b"Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody"),
+            Some("<a@b>".into())
+        );
+        assert_eq!(
+            message_id(b"message-id:\r\n <folded@x>\r\n\r\n"),
+            Some("<folded@x>".into())
+        );
+        assert_eq!(
+            message_id(b"Subject: x\r\n\r\nMessage-ID: <in-body@x>\r\n"),
+            None
+        );
+        assert_eq!(message_id(b""), None);
     }
 
     #[test]

@@ -31,11 +31,6 @@ impl Reply {
         }
     }
 
-    /// True for 4xx and 5xx replies.
-    pub fn is_error(&self) -> bool {
-        self.code >= 400
-    }
-
     /// True for 421, which always closes the connection (RFC 5321 §3.8).
     pub fn closes(&self) -> bool {
         self.code == 421
@@ -107,11 +102,18 @@ pub fn helo(hostname: &str, client: &str) -> Reply {
     )
 }
 
-/// The EHLO reply: the hello line, then one line per extension.
-pub fn ehlo(hostname: &str, client: &str, extensions: &[String]) -> Reply {
-    let mut lines = Vec::with_capacity(extensions.len() + 1);
-    lines.push(format!("{hostname} Hello {client}, pleased to meet you"));
-    lines.extend(extensions.iter().cloned());
+/// The EHLO reply: the hello line, then the extensions we offer (RFC 5321 §4.1.1.1), in
+/// Sendmail's order. SIZE carries the configured maximum (RFC 1870).
+pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64) -> Reply {
+    let lines = vec![
+        format!("{hostname} Hello {client}, pleased to meet you"),
+        "ENHANCEDSTATUSCODES".to_owned(),
+        "PIPELINING".to_owned(),
+        "8BITMIME".to_owned(),
+        format!("SIZE {max_message_bytes}"),
+        "SMTPUTF8".to_owned(),
+        "HELP".to_owned(),
+    ];
     Reply { code: 250, lines }
 }
 
@@ -337,10 +339,11 @@ mod tests {
     #[test]
     fn writes_single_and_multi_line() {
         assert_eq!(wire(&ok()), "250 2.0.0 OK\r\n");
-        let r = ehlo("mx", "[127.0.0.1]", &["PIPELINING".into(), "HELP".into()]);
+        let r = ehlo("mx", "[127.0.0.1]", 1000);
         assert_eq!(
             wire(&r),
-            "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-PIPELINING\r\n250 HELP\r\n"
+            "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
+             250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n250 HELP\r\n"
         );
     }
 

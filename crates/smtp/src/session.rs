@@ -580,11 +580,6 @@ impl Session {
         &self.client
     }
 
-    /// The HELO/EHLO argument, if one was accepted.
-    pub fn helo_name(&self) -> Option<&str> {
-        self.helo.as_ref().map(|h| h.name.as_str())
-    }
-
     /// Counters for logging.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
@@ -807,7 +802,7 @@ impl Session {
                 self.end_transaction();
                 let client = self.client.display();
                 let r = if extended {
-                    reply::ehlo(&self.cfg.hostname, &client, &self.extensions())
+                    reply::ehlo(&self.cfg.hostname, &client, self.cfg.max_message_bytes)
                 } else {
                     reply::helo(&self.cfg.hostname, &client)
                 };
@@ -838,17 +833,6 @@ impl Session {
                 self.arm(WaitPhase::DataInit, now);
             }
         }
-    }
-
-    fn extensions(&self) -> Vec<String> {
-        vec![
-            "ENHANCEDSTATUSCODES".into(),
-            "PIPELINING".into(),
-            "8BITMIME".into(),
-            format!("SIZE {}", self.cfg.max_message_bytes),
-            "SMTPUTF8".into(),
-            "HELP".into(),
-        ]
     }
 
     /// The final dot arrived.

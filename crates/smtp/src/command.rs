@@ -80,19 +80,10 @@ pub struct MailParams {
 ///
 /// Errors are the reply to send (always a 5xx syntax reply).
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
-    let line = strip_eol(line);
-    let (verb, args) = match line.iter().position(|&b| b == b' ') {
-        Some(i) => (&line[..i], trim_start(&line[i + 1..])),
-        None => (line, &[][..]),
-    };
-    let mut upper = [0u8; 8];
-    if verb.len() > upper.len() {
+    let Some((verb, args)) = split_verb(line) else {
         return Ok(Command::Unknown);
-    }
-    for (dst, src) in upper.iter_mut().zip(verb) {
-        *dst = src.to_ascii_uppercase();
-    }
-    match &upper[..verb.len()] {
+    };
+    match verb.as_slice() {
         b"HELO" => parse_hello(args, "HELO").map(Command::Helo),
         b"EHLO" => parse_hello(args, "EHLO").map(Command::Ehlo),
         b"MAIL" => parse_mail(args),
@@ -106,6 +97,63 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         b"ETRN" => Ok(Command::Etrn),
         b"HELP" => Ok(Command::Help),
         _ => Ok(Command::Unknown),
+    }
+}
+
+/// True for the commands Sendmail refuses in its rejecting ("null server") mode: every
+/// command it knows except HELO, EHLO, NOOP, RSET and QUIT, which are answered normally, as
+/// are unknown commands (source: srvrsmtp.c, the null-server switch). Looked at before the
+/// arguments are parsed, so `MAIL garbage` is refused, not a syntax error.
+pub fn refused_when_rejecting(line: &[u8]) -> bool {
+    const REFUSED: [&[u8]; 11] = [
+        b"MAIL",
+        b"RCPT",
+        b"DATA",
+        b"VRFY",
+        b"EXPN",
+        b"ETRN",
+        b"HELP",
+        b"VERB",
+        b"AUTH",
+        b"STARTTLS",
+        b"ONEX",
+    ];
+    split_verb(line).is_some_and(|(verb, _)| REFUSED.contains(&verb.as_slice()))
+}
+
+/// The verb, upper-cased (at most 8 octets; longer verbs are unknown by definition), and the
+/// arguments after it.
+fn split_verb(line: &[u8]) -> Option<(Verb, &[u8])> {
+    let line = strip_eol(line);
+    let (verb, args) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], trim_start(&line[i + 1..])),
+        None => (line, &[][..]),
+    };
+    let mut upper = [0u8; 8];
+    if verb.len() > upper.len() {
+        return None;
+    }
+    for (dst, src) in upper.iter_mut().zip(verb) {
+        *dst = src.to_ascii_uppercase();
+    }
+    Some((
+        Verb {
+            bytes: upper,
+            len: verb.len(),
+        },
+        args,
+    ))
+}
+
+/// An upper-cased verb held without allocation.
+struct Verb {
+    bytes: [u8; 8],
+    len: usize,
+}
+
+impl Verb {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

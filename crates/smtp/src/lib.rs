@@ -20,6 +20,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod pregreet;
 pub mod reply;
 mod session;
 

@@ -117,6 +117,28 @@ pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64) -> Reply {
     Reply { code: 250, lines }
 }
 
+/// `554 <host> ESMTP not accepting messages`: the greeting for a client that talked before
+/// it (Sendmail's greet_pause greeting, "hostname + greetmsg" with ESMTP inserted).
+pub fn not_accepting(hostname: &str) -> Reply {
+    Reply::new(554, format!("{hostname} ESMTP not accepting messages"))
+}
+
+/// `550 5.0.0 Command rejected`: every restricted command in Sendmail's rejecting ("null
+/// server") mode after pre-greeting traffic.
+pub fn command_rejected() -> Reply {
+    Reply::new(550, "5.0.0 Command rejected")
+}
+
+/// The EHLO reply in rejecting mode: the hello line and only `ENHANCEDSTATUSCODES`, as
+/// Sendmail's null server advertises.
+pub fn ehlo_rejecting(hostname: &str, client: &str) -> Reply {
+    let lines = vec![
+        format!("{hostname} Hello {client}, pleased to meet you"),
+        "ENHANCEDSTATUSCODES".to_owned(),
+    ];
+    Reply { code: 250, lines }
+}
+
 /// `250 2.1.0 <addr>... Sender ok`.
 pub fn sender_ok(path: &ReversePath) -> Reply {
     Reply::new(250, format!("2.1.0 {}... Sender ok", bracket(path)))

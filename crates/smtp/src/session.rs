@@ -399,12 +399,28 @@ pub struct Session {
     tx: Option<Transaction>,
     queue_id: Option<String>,
     shutting_down: bool,
+    /// Sendmail's rejecting ("null server") mode: restricted commands get this reply.
+    rejecting: Option<Reply>,
+    /// Commands refused in rejecting mode (the 26th gets 421).
+    refused: u32,
     stats: SessionStats,
 }
 
 impl Session {
     /// A new session whose greeting (dated `date`, the connection time) is already queued.
     pub fn new(cfg: Arc<SessionConfig>, client: ClientInfo, date: &str, now: Instant) -> Self {
+        let greeting = reply::greeting(&cfg.hostname, date);
+        Self::with_greeting(cfg, client, &greeting, now)
+    }
+
+    /// A new session that opens with `greeting` instead of the 220, e.g. the 554 given to a
+    /// client that talked before the greeting (combine with [`Session::reject_commands`]).
+    pub fn with_greeting(
+        cfg: Arc<SessionConfig>,
+        client: ClientInfo,
+        greeting: &Reply,
+        now: Instant,
+    ) -> Self {
         let mut s = Self {
             cfg,
             client,
@@ -418,12 +434,31 @@ impl Session {
             tx: None,
             queue_id: None,
             shutting_down: false,
+            rejecting: None,
+            refused: 0,
             stats: SessionStats::default(),
         };
-        let greeting = reply::greeting(&s.cfg.hostname, date);
-        s.send(&greeting);
+        s.send(greeting);
         s.arm(WaitPhase::Initial, now);
         s
+    }
+
+    /// Enters Sendmail's rejecting ("null server") mode: HELO, EHLO (advertising only
+    /// ENHANCEDSTATUSCODES), NOOP, RSET, QUIT and unknown commands are answered normally;
+    /// every other command gets `reply`; the command after `max_bad_commands` refusals gets
+    /// `421 4.7.0 <host> Too many bad commands`. Nothing is asked of policy in this mode.
+    pub fn reject_commands(&mut self, reply: Reply) {
+        self.rejecting = Some(reply);
+    }
+
+    /// True in rejecting mode (Sendmail then skips its "did not issue MAIL" line).
+    pub fn is_rejecting(&self) -> bool {
+        self.rejecting.is_some()
+    }
+
+    /// Ends the session once the output queued so far is written (the `drop` action).
+    pub fn close_now(&mut self) {
+        self.close();
     }
 
     // ----- driver interface -------------------------------------------------------------------
@@ -659,6 +694,10 @@ impl Session {
 
     fn handle_line(&mut self, line: &[u8], now: Instant) {
         self.stats.commands += 1;
+        if self.rejecting.is_some() {
+            self.handle_rejecting(line, now);
+            return;
+        }
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(r) => {
@@ -693,6 +732,52 @@ impl Session {
             }
             Command::Unknown => self.cmd_unknown(line, now),
         }
+    }
+
+    /// One command line in rejecting mode (Sendmail's null-server switch).
+    fn handle_rejecting(&mut self, line: &[u8], now: Instant) {
+        if command::refused_when_rejecting(line) {
+            self.refused += 1;
+            if self.refused > self.cfg.max_bad_commands {
+                let r = reply::too_many_bad_commands(&self.cfg.hostname);
+                self.send(&r);
+                self.note(Note::TooManyBadCommands);
+                self.close();
+            } else if let Some(r) = self.rejecting.clone() {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+            return;
+        }
+        match command::parse(line) {
+            Ok(Command::Helo(name)) => self.greet_rejecting(name, false, now),
+            Ok(Command::Ehlo(name)) => self.greet_rejecting(name, true, now),
+            Ok(Command::Rset) => self.simple(reply::reset(), WaitPhase::Rset, now, true),
+            Ok(Command::Noop) => self.simple(reply::ok(), WaitPhase::Misc, now, false),
+            Ok(Command::Quit) => {
+                let r = reply::closing(&self.cfg.hostname);
+                self.send(&r);
+                self.close();
+            }
+            Ok(_) => self.cmd_unknown(line, now),
+            Err(r) => {
+                self.send(&r);
+                self.arm_for_next_command(now);
+            }
+        }
+    }
+
+    /// HELO/EHLO in rejecting mode: the normal hello, a bare EHLO list, no policy question.
+    fn greet_rejecting(&mut self, name: String, extended: bool, now: Instant) {
+        let client = self.client.display();
+        let r = if extended {
+            reply::ehlo_rejecting(&self.cfg.hostname, &client)
+        } else {
+            reply::helo(&self.cfg.hostname, &client)
+        };
+        self.helo = Some(Helo { name, extended });
+        self.send(&r);
+        self.arm(WaitPhase::Mail, now);
     }
 
     /// A command whose reply is fixed.

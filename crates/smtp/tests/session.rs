@@ -658,3 +658,120 @@ mod fuzzish {
         }
     }
 }
+
+/// A session in Sendmail's rejecting mode after pre-greeting traffic (reference section a).
+fn rejecting() -> Harness {
+    let now = Instant::now();
+    let cfg = Arc::new(config());
+    let client = ClientInfo {
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        name: Some("localhost".into()),
+    };
+    let greeting = reply::not_accepting(&cfg.hostname);
+    let mut session = Session::with_greeting(cfg, client, &greeting, now);
+    session.reject_commands(reply::command_rejected());
+    let mut h = Harness {
+        session,
+        now,
+        policy: Box::new(|ask| panic!("policy asked in rejecting mode: {ask:?}")),
+        commit: Ok(()),
+        hold_commits: false,
+        committed: Vec::new(),
+        notes: Vec::new(),
+        asks: Vec::new(),
+        out: String::new(),
+    };
+    assert_eq!(
+        h.pump(),
+        "554 mx.example.test ESMTP not accepting messages\r\n"
+    );
+    h
+}
+
+#[test]
+fn rejecting_mode_answers_like_sendmails_null_server() {
+    let mut h = rejecting();
+    assert_eq!(
+        h.send(b"EHLO client.example.org\r\n"),
+        "250-mx.example.test Hello localhost [127.0.0.1], pleased to meet you\r\n\
+         250 ENHANCEDSTATUSCODES\r\n"
+    );
+    assert_eq!(
+        h.send(b"HELO client.example.org\r\n"),
+        "250 mx.example.test Hello localhost [127.0.0.1], pleased to meet you\r\n"
+    );
+    for cmd in [
+        "MAIL FROM:<alice@example.org>",
+        "RCPT TO:<root@mx.example.test>",
+        "DATA",
+        "VRFY root",
+        "EXPN root",
+        "ETRN example.org",
+        "HELP",
+        "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+        "STARTTLS",
+        "VERB",
+        "MAIL garbage",
+    ] {
+        assert_eq!(
+            h.send(format!("{cmd}\r\n").as_bytes()),
+            "550 5.0.0 Command rejected\r\n",
+            "{cmd}"
+        );
+    }
+    assert_eq!(h.send(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert_eq!(h.send(b"RSET\r\n"), "250 2.0.0 Reset state\r\n");
+    assert_eq!(
+        h.send(b"FOOBAR baz\r\n"),
+        "500 5.5.1 Command unrecognized: \"FOOBAR baz\"\r\n"
+    );
+    assert_eq!(
+        h.send(b"QUIT\r\n"),
+        "221 2.0.0 mx.example.test closing connection\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(h.committed.is_empty() && h.asks.is_empty());
+}
+
+#[test]
+fn rejecting_mode_closes_on_the_26th_refusal() {
+    let mut h = rejecting();
+    for n in 1..=25 {
+        // Unknown commands and NOOPs in between do not count.
+        h.send(b"NOOP\r\n");
+        h.send(b"XYZZY\r\n");
+        assert_eq!(
+            h.send(b"MAIL FROM:<a@b.example>\r\n"),
+            "550 5.0.0 Command rejected\r\n",
+            "refusal {n}"
+        );
+    }
+    assert_eq!(
+        h.send(b"DATA\r\n"),
+        "421 4.7.0 mx.example.test Too many bad commands; closing connection\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(h.notes.contains(&Note::TooManyBadCommands));
+}
+
+#[test]
+fn rejecting_mode_answers_a_slammed_session_line_by_line() {
+    // The seeds' netcat slam, written in one go: the body lines become unknown commands.
+    let mut h = rejecting();
+    let out = h.send(
+        b"HELO client.example.org\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<root@mx.example.test>\r\n\
+          DATA\r\nSubject: t\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        out,
+        "250 mx.example.test Hello localhost [127.0.0.1], pleased to meet you\r\n\
+         550 5.0.0 Command rejected\r\n\
+         550 5.0.0 Command rejected\r\n\
+         550 5.0.0 Command rejected\r\n\
+         500 5.5.1 Command unrecognized: \"Subject: t\"\r\n\
+         500 5.5.1 Command unrecognized: \"\"\r\n\
+         500 5.5.1 Command unrecognized: \"hello\"\r\n\
+         500 5.5.1 Command unrecognized: \".\"\r\n\
+         221 2.0.0 mx.example.test closing connection\r\n"
+    );
+}

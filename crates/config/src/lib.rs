@@ -12,6 +12,7 @@
 //! Invariants: `Ok` means no `Severity::Error` was found; `Err` holds every diagnostic,
 //! warnings included, sorted by position.
 
+mod defences;
 mod diagnostic;
 mod local;
 mod model;
@@ -24,8 +25,9 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use model::{
-    BareLf, Config, DEFAULT_TIMEOUTS, LocalConfig, LogConfig, LogDestination, LogFormat, Phase,
-    QueueConfig, ServerConfig, SmtpConfig, Timeouts,
+    AccessConfig, Action, BareLf, Config, DEFAULT_TIMEOUTS, DnsConfig, GreetPauseConfig,
+    LocalConfig, LogConfig, LogDestination, LogFormat, Phase, QueueConfig, ServerConfig,
+    SmtpConfig, Timeouts,
 };
 
 use diagnostic::Report;
@@ -346,6 +348,9 @@ users = [\"a\"]
         assert_eq!(loaded.config, empty.config);
         assert_eq!(loaded.config.timeouts, Timeouts::default());
         assert_eq!(loaded.config.queue, QueueConfig::default());
+        assert_eq!(loaded.config.greet_pause, GreetPauseConfig::default());
+        assert_eq!(loaded.config.access, AccessConfig::default());
+        assert_eq!(loaded.config.dns, DnsConfig::default());
         assert_eq!(loaded.config.server.hostname, "mx.example.test");
         assert_eq!(loaded.config.origin, EMBEDDED_ORIGIN);
     }

@@ -25,6 +25,94 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub queue: QueueConfig,
     pub log: LogConfig,
+    pub greet_pause: GreetPauseConfig,
+    pub access: AccessConfig,
+    pub dns: DnsConfig,
+}
+
+/// What a defence does with a finding (design.md principle 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Sendmail's behaviour.
+    #[default]
+    Enforce,
+    /// Reply once and close the connection.
+    Drop,
+    /// Log only; the session goes on as if nothing happened.
+    Ignore,
+}
+
+impl Action {
+    /// The name in the configuration and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Drop => "drop",
+            Self::Ignore => "ignore",
+        }
+    }
+}
+
+/// `[greet_pause]`: Sendmail's `FEATURE(greet_pause)` plus a pass cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GreetPauseConfig {
+    /// Pause for clients without a `GreetPause:` entry; zero = off. At most 300 s.
+    pub default: Duration,
+    pub action: Action,
+    /// How long a client that waited is remembered and not paused again; zero = never.
+    pub pass_ttl: Duration,
+    /// Bound of the pass cache (oldest entries dropped first).
+    pub pass_cache_max: usize,
+}
+
+impl Default for GreetPauseConfig {
+    fn default() -> Self {
+        Self {
+            default: Duration::from_secs(1),
+            action: Action::Enforce,
+            pass_ttl: Duration::from_secs(24 * 60 * 60),
+            pass_cache_max: 100_000,
+        }
+    }
+}
+
+/// `[access]`: the Sendmail access map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// The source file (`makemap`'s input); None = an empty map.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes; zero = only on SIGHUP.
+    pub watch_interval: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[dns]`: client host names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Look up client names (reverse DNS with forward confirmation).
+    pub reverse: bool,
+    /// Resolvers to ask; empty = the system's (/etc/resolv.conf).
+    pub servers: Vec<SocketAddr>,
+    /// Bound on one client's lookup (PTR and forward queries together).
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            reverse: true,
+            servers: Vec::new(),
+            timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 /// `[server]`: identity, sockets, spool, size limit, shutdown.

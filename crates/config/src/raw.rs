@@ -39,6 +39,45 @@ pub(crate) struct RawConfig {
     pub(crate) queue: RawQueue,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) greet_pause: RawGreetPause,
+    #[serde(default)]
+    pub(crate) access: RawAccess,
+    #[serde(default)]
+    pub(crate) dns: RawDns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [greet_pause] table")]
+pub(crate) struct RawGreetPause {
+    pub(crate) default: Text,
+    pub(crate) action: Option<Spanned<RawAction>>,
+    pub(crate) pass_ttl: Text,
+    pub(crate) pass_cache_max: Option<Spanned<u64>>,
+}
+
+/// `enforce | drop | ignore`, shared by every defence (design.md principle 4).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawAction {
+    Enforce,
+    Drop,
+    Ignore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [access] table")]
+pub(crate) struct RawAccess {
+    pub(crate) file: Text,
+    pub(crate) watch_interval: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [dns] table")]
+pub(crate) struct RawDns {
+    pub(crate) reverse: Option<Spanned<bool>>,
+    pub(crate) servers: TextList,
+    pub(crate) timeout: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,7 +173,17 @@ pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
 }
 
 /// The sections of the file, i.e. the fields of `RawConfig`.
-const SECTIONS: [&str; 6] = ["server", "smtp", "local", "timeouts", "queue", "log"];
+const SECTIONS: [&str; 9] = [
+    "server",
+    "smtp",
+    "local",
+    "timeouts",
+    "queue",
+    "log",
+    "greet_pause",
+    "access",
+    "dns",
+];
 
 /// A section given as something other than a table (`server = 5`, or `[[server]]`) is
 /// reported and dropped here: serde would accept an array as a struct in field order and

@@ -25,7 +25,7 @@ use crate::raw::{
     RawBareLf, RawConfig, RawLog, RawLogDestination, RawLogFormat, RawQueue, RawServer, RawSmtp,
     Text, TextList,
 };
-use crate::{local, timeouts};
+use crate::{defences, local, timeouts};
 
 /// Where the machine's host name comes from; a parameter so tests need not depend on the
 /// name of the machine they run on.
@@ -47,6 +47,9 @@ pub(crate) fn config(
         timeouts: timeouts::timeouts(&raw.timeouts, report),
         queue: queue(&raw.queue, report),
         log: log(&raw.log),
+        greet_pause: defences::greet_pause(&raw.greet_pause, report),
+        access: defences::access(&raw.access, report),
+        dns: defences::dns(&raw.dns, report),
     }
 }
 

@@ -283,3 +283,47 @@ fn rendered_diagnostic_has_file_line_column() {
         "p.toml:3:21: error: `server.max_message_bytes` must be greater than 0"
     );
 }
+
+#[test]
+fn defence_sections_parse_and_clamp() {
+    let src = "[server]\nhostname = \"mx.example.test\"\n\
+               [greet_pause]\ndefault = \"400s\"\naction = \"drop\"\npass_ttl = \"0s\"\npass_cache_max = 10\n\
+               [access]\nfile = \"/etc/mail/access\"\nwatch_interval = \"0s\"\n\
+               [dns]\nreverse = false\nservers = [\"127.0.0.1:5353\", \"::1\"]\ntimeout = \"1s\"\n";
+    let loaded = load_str(src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    let c = &loaded.config;
+    assert_eq!(c.greet_pause.default, Duration::from_secs(300), "clamped");
+    assert_eq!(c.greet_pause.action, portcullis_config::Action::Drop);
+    assert_eq!(c.greet_pause.pass_ttl, Duration::ZERO);
+    assert_eq!(c.greet_pause.pass_cache_max, 10);
+    assert_eq!(
+        c.access.file.as_deref(),
+        Some(Path::new("/etc/mail/access"))
+    );
+    assert_eq!(c.access.watch_interval, Duration::ZERO);
+    assert!(!c.dns.reverse);
+    assert_eq!(
+        c.dns.servers,
+        vec![
+            "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    let clamp = loaded
+        .warnings
+        .iter()
+        .find(|w| w.message.contains("greet_pause.default"))
+        .expect("a clamp warning");
+    assert_eq!(clamp.line, 4);
+    assert!(clamp.message.contains("clamped to 300s"), "{clamp}");
+}
+
+#[test]
+fn defence_sections_report_bad_values_at_their_lines() {
+    let diags = expect_err(
+        "[greet_pause]\naction = \"tarpit\"\npass_cache_max = 0\n\
+         [access]\nfile = \"\"\n[dns]\nservers = [\"dns.example\"]\ntimeout = \"0s\"\n",
+    );
+    let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 3, 5, 7, 8], "{diags:#?}");
+}

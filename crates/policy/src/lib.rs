@@ -11,8 +11,11 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod greet_pause;
 pub mod recipients;
 
+pub use access::{AccessMap, Action, Diagnostic, Entry, Parsed, Tag, UserStep};
 pub use recipients::{LocalRecipients, RecipientVerdict};
 
 use portcullis_smtp::{Ask, Verdict};

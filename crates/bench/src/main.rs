@@ -5,6 +5,7 @@
 //! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
 //! time or count bound, or touch the server other than over SMTP and /proc reads.
 
+mod access;
 mod clock;
 #[cfg(test)]
 mod fake;
@@ -46,6 +47,10 @@ enum Scenario {
     /// Runs on 2 tokio worker threads (the machine has 2 cores, shared with the
     /// server). Pass several --sources to exceed one address's ephemeral ports.
     Held(held::HeldConfig),
+    /// Generates a large Sendmail access map; times parsing and lookups, reports peak RSS
+    ///
+    /// Runs in this process only (no server, no network); single-threaded.
+    AccessLoad(access::AccessLoadConfig),
 }
 
 /// clap parser for `--target`: an IP:port on loopback (no host names, no DNS).
@@ -90,6 +95,10 @@ fn main() -> anyhow::Result<()> {
                 println!("holding for {:.1} s (Ctrl-C ends early)", cfg.hold);
                 let closed = run.hold_then_close(Duration::from_secs_f64(cfg.hold)).await;
                 println!("closed {closed} connections");
+            }
+            Scenario::AccessLoad(cfg) => {
+                let result = access::run_access_load(&cfg)?;
+                println!("{}", result.report(&cfg));
             }
         }
         Ok(())

@@ -9,16 +9,20 @@
 //! [`crate::clock`]. Generic over the stream so tests drive it over `tokio::io::duplex` with
 //! paused time.
 //!
-//! Memory: an idle session holds a 1 KiB read buffer; the buffer doubles (to 64 KiB) only
-//! while reads keep filling it (message data) and shrinks back when they stop.
+//! Memory: a connection in the greeting pause holds no read buffer (see [`crate::greet`]);
+//! the session's state is boxed only once the pause is over, so the task of a held
+//! connection stays small. An idle session holds a 1 KiB read buffer; the buffer doubles (to
+//! 64 KiB) only while reads keep filling it (message data) and shrinks back when they stop.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use portcullis_config::Action;
+use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
     Ask, ClientInfo, CommitError, Event as SessionEvent, Message, Note, Session, Verdict,
-    received_header,
+    received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::greet::{self, Admitted, Opening, Paused};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
@@ -42,7 +47,7 @@ struct Pending {
     proto: &'static str,
 }
 
-/// Runs one SMTP session on `stream` until it ends.
+/// Runs one SMTP session on `stream` until it ends: the greeting pause, then the dialogue.
 pub async fn serve_connection<S>(
     shared: Arc<Shared>,
     stream: S,
@@ -51,21 +56,67 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let rt = shared.runtime.load_full();
+    let paused = greet::pause(shared, stream, peer, shutdown, |p| p).await;
+    // Boxed: the dialogue's state is allocated only once the pause is over.
+    Box::pin(dialogue(paused)).await;
+}
+
+/// Like [`serve_connection`], for the listener: the pause runs in the task spawned for the
+/// connection, and the dialogue in a second task spawned when the pause is over, so a
+/// connection held in the pause costs only the pause's state.
+pub fn spawn_connection(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    peer: IpAddr,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    let next = tracker.clone();
+    tracker.spawn(greet::pause(
+        shared,
+        stream,
+        peer,
+        shutdown,
+        move |paused| {
+            next.spawn(dialogue(paused));
+        },
+    ));
+}
+
+/// Builds the session the pause's outcome calls for and runs it to the end.
+pub async fn dialogue<S>(paused: Paused<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Paused {
+        shared,
+        rt,
+        mut stream,
+        peer,
+        shutdown,
+        mut admitted,
+    } = paused;
+    // Sendmail dates the greeting with the connection time, however long the pause.
+    let waited = clock::now().saturating_duration_since(admitted.pause.started());
+    let connected_at = clock::wall()
+        .checked_sub(waited)
+        .unwrap_or_else(|_| clock::wall());
+    let mut buf = vec![0u8; MIN_READ];
+    let input = early_input(&mut stream, &admitted.opening, &mut buf).await;
     let client = ClientInfo {
         addr: peer,
-        name: None,
+        name: admitted.name.take(),
     };
-    let date = clock::rfc5322(clock::wall());
-    let mut session = Session::new(rt.session.clone(), client, &date, clock::now());
+    let relay = client.display();
     let mut driver = Driver {
         shared,
         rt,
         pending: None,
-        relay: session.client().display(),
+        relay,
+        quiet_end: false,
     };
+    let mut session = driver.open(client, connected_at, &admitted, &buf[..input]);
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; MIN_READ];
     let mut shutdown_seen = false;
     loop {
         driver.drain_events(&mut session);
@@ -100,11 +151,31 @@ pub async fn serve_connection<S>(
     }
     driver.drain_events(&mut session);
     let _ = tokio::time::timeout(driver.rt.session.timeouts.quit, wr.shutdown()).await;
-    if !session.stats().mail_issued && session.stats().commands > 0 {
+    // Sendmail logs this for every session that ends without MAIL, except in rejecting mode.
+    if !session.stats().mail_issued && !session.is_rejecting() && !driver.quiet_end {
         driver.shared.telemetry.emit(Event::NoMailIssued {
             relay: &driver.relay,
         });
     }
+}
+
+/// The bytes that came before the session starts: the early byte the pause read, plus, for
+/// a talker, whatever else arrived with it (without waiting for more). Returns the length
+/// used in `buf`.
+async fn early_input<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    opening: &Opening,
+    buf: &mut [u8],
+) -> usize {
+    let (Opening::Greet { first: Some(first) } | Opening::Talked { first, .. }) = *opening else {
+        return 0;
+    };
+    buf[0] = first;
+    if !matches!(opening, Opening::Talked { .. }) {
+        return 1;
+    }
+    let more = tokio::time::timeout(std::time::Duration::ZERO, stream.read(&mut buf[1..])).await;
+    1 + more.map_or(0, |r| r.unwrap_or(0))
 }
 
 /// Grows the buffer while reads fill it, shrinks it back once they do not.
@@ -138,9 +209,87 @@ struct Driver {
     pending: Option<Pending>,
     /// `name [addr]` for logs.
     relay: String,
+    /// No "did not issue MAIL" line at the end (dropped talker, shutdown in the pause).
+    quiet_end: bool,
 }
 
 impl Driver {
+    /// The session for the pause's outcome (the greet_pause action applies here, in one
+    /// place: design.md principle 4).
+    fn open(
+        &mut self,
+        client: ClientInfo,
+        connected_at: jiff::Timestamp,
+        admitted: &Admitted,
+        input: &[u8],
+    ) -> Session {
+        let cfg = self.rt.session.clone();
+        let now = clock::now();
+        // Sendmail dates the greeting with the connection time, however long the pause.
+        let date = clock::rfc5322(connected_at);
+        match admitted.opening {
+            Opening::Greet { .. } => {
+                let mut session = Session::new(cfg, client, &date, now);
+                if !input.is_empty() {
+                    session.handle_input(input, now);
+                }
+                session
+            }
+            Opening::Closed => {
+                let mut session = Session::new(cfg, client, &date, now);
+                session.handle_eof(now);
+                session
+            }
+            Opening::Shutdown => {
+                self.quiet_end = true;
+                let r = reply::shutting_down(&cfg.hostname);
+                Session::with_greeting(cfg, client, &r, now)
+            }
+            Opening::Talked { at, .. } => {
+                let action = self.rt.config.greet_pause.action;
+                let pregreet = admitted.pause.traffic(input, at);
+                let entry = admitted
+                    .entry_line
+                    .map(|line| format!("{}:{line}", self.rt.access.source()));
+                self.log_pregreet(&pregreet, action, entry.as_deref());
+                let rejected = reply::not_accepting(&cfg.hostname);
+                match action {
+                    Action::Enforce => {
+                        let mut session = Session::with_greeting(cfg, client, &rejected, now);
+                        session.reject_commands(reply::command_rejected());
+                        session.handle_input(input, now);
+                        session
+                    }
+                    Action::Drop => {
+                        self.quiet_end = true;
+                        let mut session = Session::with_greeting(cfg, client, &rejected, now);
+                        session.close_now();
+                        session
+                    }
+                    Action::Ignore => {
+                        let mut session = Session::new(cfg, client, &date, now);
+                        session.handle_input(input, now);
+                        session
+                    }
+                }
+            }
+        }
+    }
+
+    fn log_pregreet(&self, pregreet: &Pregreet, action: Action, entry: Option<&str>) {
+        let qid = self.shared.ids.next(clock::unix_secs());
+        self.shared.telemetry.emit(Event::Pregreet {
+            qid: qid.as_str(),
+            relay: &self.relay,
+            seconds: pregreet.seconds(),
+            waited_ms: pregreet.waited.as_millis(),
+            class: pregreet.class.name(),
+            sample: &pregreet.escaped_sample(),
+            action,
+            entry,
+        });
+    }
+
     fn drain_events(&mut self, session: &mut Session) {
         while let Some(ev) = session.poll_event() {
             match ev {

@@ -8,9 +8,12 @@
 //! Must not: hold SMTP or policy rules (they live in the crates above) or read the clock
 //! outside [`clock`].
 
+pub mod access;
 pub mod clock;
 pub mod cmd;
 pub mod conn;
+pub mod dns;
+pub mod greet;
 pub mod queue;
 pub mod serve;
 pub mod state;

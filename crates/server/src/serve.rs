@@ -14,19 +14,22 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use portcullis_config::{Config, Diagnostic, load_file};
+use portcullis_policy::greet_pause::PassCache;
 use portcullis_spool::{CommitOptions, Committer, QueueId, QueueIdGen, Spool};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::serve_connection;
+use crate::access::{self, LoadedMap};
+use crate::conn::spawn_connection;
+use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::queue::{self, QueueHandle, QueueReceiver};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{Event, Telemetry};
@@ -41,8 +44,49 @@ pub struct Built {
     pub recovered: Vec<QueueId>,
 }
 
-/// Opens and recovers the spool, starts the committer, prepares shared state.
+/// Opens and recovers the spool, starts the committer, loads the access map and prepares
+/// shared state. Client names come from `[dns]`.
 pub fn build(config: Config, telemetry: Telemetry, commit: CommitOptions) -> Result<Built> {
+    let names = match resolver(&config) {
+        Ok(names) => names,
+        Err(error) => {
+            telemetry.emit(Event::DnsUnavailable { error: &error });
+            Arc::new(NoLookup)
+        }
+    };
+    build_with_names(config, telemetry, commit, names)
+}
+
+/// The name resolver `[dns]` asks for.
+pub fn resolver(config: &Config) -> Result<Arc<dyn ReverseLookup>, String> {
+    if !config.dns.reverse {
+        return Ok(Arc::new(NoLookup));
+    }
+    let lookup = HickoryLookup::new(&config.dns.servers, config.dns.timeout)?;
+    Ok(Arc::new(lookup))
+}
+
+/// [`build`] with a given name resolver (tests use fixed names).
+pub fn build_with_names(
+    config: Config,
+    telemetry: Telemetry,
+    commit: CommitOptions,
+    names: Arc<dyn ReverseLookup>,
+) -> Result<Built> {
+    let access = access::load(config.access.file.as_deref()).map_err(access::MapError)?;
+    if let Some(path) = &config.access.file {
+        for w in &access.warnings {
+            telemetry.emit(Event::AccessMapWarning {
+                diagnostic: &w.to_string(),
+            });
+        }
+        telemetry.emit(Event::AccessMapLoaded {
+            path: &path.display().to_string(),
+            entries: access.map.len(),
+            warnings: access.warnings.len(),
+            millis: access.took.as_millis(),
+        });
+    }
     std::fs::create_dir_all(&config.local.maildir_root).with_context(|| {
         format!(
             "cannot create maildir_root {}",
@@ -70,13 +114,16 @@ pub fn build(config: Config, telemetry: Telemetry, commit: CommitOptions) -> Res
     let committer =
         Committer::start(spool.clone(), commit).context("cannot start the spool committer")?;
     let (queue, queue_rx) = QueueHandle::new();
+    let gp = config.greet_pause;
     let shared = Arc::new(Shared {
-        runtime: ArcSwap::from_pointee(Runtime::new(config)),
+        runtime: ArcSwap::from_pointee(Runtime::new(config, &access, names)),
         telemetry,
         spool,
         committer,
         ids: QueueIdGen::new(std::process::id()),
         queue,
+        passed: Mutex::new(PassCache::new(gp.pass_ttl, gp.pass_cache_max)),
+        reload_lock: Mutex::new(()),
     });
     Ok(Built {
         shared,
@@ -138,6 +185,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
+    tokio::spawn(access::watch(shared.clone(), shutdown.clone()));
     let runner = tokio::spawn(queue::run(
         shared.clone(),
         queue_rx,
@@ -185,13 +233,14 @@ async fn wait_for_stop(shared: &Shared, config_path: Option<&Path>) -> Result<&'
         tokio::select! {
             _ = term.recv() => return Ok("SIGTERM"),
             _ = int.recv() => return Ok("SIGINT"),
-            _ = hup.recv() => reload(shared, config_path),
+            _ = hup.recv() => reload(shared, config_path).await,
         }
     }
 }
 
-/// Re-reads the configuration file; keeps the old one on any error.
-pub fn reload(shared: &Shared, config_path: Option<&Path>) {
+/// Re-reads the configuration file and the access map it names; keeps the old ones on any
+/// error. The files are read on a blocking thread (a large map takes a moment to parse).
+pub async fn reload(shared: &Shared, config_path: Option<&Path>) {
     let Some(path) = config_path else {
         shared.telemetry.emit(Event::ConfigReloaded {
             origin: "<embedded default> (unchanged)",
@@ -199,26 +248,52 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>) {
         return;
     };
     let origin = path.display().to_string();
-    match load_file(path) {
-        Ok(loaded) => {
-            shared.runtime.store(Arc::new(Runtime::new(loaded.config)));
+    let reader = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || load_runtime_files(&reader))
+        .await
+        .unwrap_or_else(|_| Err("the loader thread stopped".to_owned()));
+    match loaded {
+        Ok((config, access)) => {
+            let old = shared.runtime.load_full();
+            let names = if old.config.dns == config.dns {
+                old.names.clone()
+            } else {
+                resolver(&config).unwrap_or_else(|error| {
+                    shared
+                        .telemetry
+                        .emit(Event::DnsUnavailable { error: &error });
+                    Arc::new(NoLookup)
+                })
+            };
+            if let Some(file) = &config.access.file {
+                access::report_loaded(shared, file, &access);
+            }
+            shared.replace_runtime(Runtime::new(config, &access, names));
             shared
                 .telemetry
                 .emit(Event::ConfigReloaded { origin: &origin });
         }
-        Err(diags) => {
-            let error = diags
-                .iter()
-                .filter(|d| d.is_error())
-                .map(Diagnostic::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+        Err(error) => {
             shared.telemetry.emit(Event::ConfigReloadFailed {
                 origin: &origin,
                 error: &error,
             });
         }
     }
+}
+
+/// The configuration and its access map, or every error in one string.
+fn load_runtime_files(path: &Path) -> Result<(Config, LoadedMap), String> {
+    let config = load_file(path).map_err(|diags| {
+        diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(Diagnostic::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let access = access::load(config.config.access.file.as_deref()).map_err(|e| e.join("; "))?;
+    Ok((config.config, access))
 }
 
 async fn accept_loop(
@@ -237,7 +312,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
-                sessions.spawn(serve_connection(shared, stream, peer.ip(), shutdown));
+                spawn_connection(shared, stream, peer.ip(), shutdown, &sessions);
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off briefly instead of spinning.

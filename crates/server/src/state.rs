@@ -1,26 +1,34 @@
 //! Shared server state: what every connection and the queue runner can reach.
 //!
 //! Role: [`Runtime`] is everything derived from one configuration load (session settings,
-//! policy); it sits in an `ArcSwap` so SIGHUP replaces it atomically while sessions in flight
-//! keep the one they started with. [`Shared`] holds the long-lived handles (telemetry, spool,
-//! committer, queue-id generator, queue runner notifier).
+//! policy, the access map, the name resolver); it sits in an `ArcSwap` so SIGHUP (or a changed
+//! access file) replaces it atomically while sessions in flight keep the one they started with.
+//! [`Shared`] holds the long-lived handles (telemetry, spool, committer, queue-id generator,
+//! queue runner notifier, the greet-pause pass cache).
 //!
 //! Must not: hold locks across awaits; everything here is either immutable or internally
-//! synchronised.
+//! synchronised, and every lock is held for a map operation only.
 
-use std::sync::Arc;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use portcullis_config::{BareLf, Config};
+use portcullis_policy::access::AccessMap;
+use portcullis_policy::greet_pause::PassCache;
 use portcullis_policy::{LocalRecipients, Policy};
 use portcullis_smtp::{BareLineEndings, SessionConfig};
 use portcullis_spool::{Committer, QueueIdGen, Spool};
 
+use crate::access::{FileStamp, LoadedMap};
+use crate::dns::ReverseLookup;
 use crate::queue::QueueHandle;
 use crate::telemetry::Telemetry;
 
 /// Everything resolved from one configuration load.
-#[derive(Debug)]
 pub struct Runtime {
     /// The validated configuration.
     pub config: Config,
@@ -28,11 +36,26 @@ pub struct Runtime {
     pub session: Arc<SessionConfig>,
     /// Decisions.
     pub policy: Policy,
+    /// The Sendmail access map (empty without `[access] file`).
+    pub access: Arc<AccessMap>,
+    /// The access file's stamp when it was read (for the change watcher).
+    pub access_stamp: Option<FileStamp>,
+    /// Client host names.
+    pub names: Arc<dyn ReverseLookup>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.config.origin)
+            .field("access_entries", &self.access.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runtime {
     /// Resolves a configuration once (parse, don't validate: no string handling later).
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, access: &LoadedMap, names: Arc<dyn ReverseLookup>) -> Self {
         let session = SessionConfig {
             hostname: config.server.hostname.clone(),
             max_message_bytes: config.server.max_message_bytes,
@@ -50,7 +73,22 @@ impl Runtime {
         Self {
             session: Arc::new(session),
             policy: Policy { recipients },
+            access: access.map.clone(),
+            access_stamp: access.stamp,
+            names,
             config,
+        }
+    }
+
+    /// The same runtime with another access map (the file changed).
+    fn with_access(&self, access: &LoadedMap) -> Self {
+        Self {
+            config: self.config.clone(),
+            session: self.session.clone(),
+            policy: self.policy.clone(),
+            access: access.map.clone(),
+            access_stamp: access.stamp,
+            names: self.names.clone(),
         }
     }
 }
@@ -69,4 +107,42 @@ pub struct Shared {
     pub ids: QueueIdGen,
     /// Tells the queue runner about new messages.
     pub queue: QueueHandle,
+    /// Clients that waited for their greeting recently (not paused again).
+    pub passed: Mutex<PassCache>,
+    /// Serialises the two ways the runtime is replaced (SIGHUP, access file change).
+    pub reload_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Installs a whole new runtime (SIGHUP) and applies its pass-cache limits.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        let _guard = self.reload_lock.lock();
+        let gp = runtime.config.greet_pause;
+        if let Ok(mut cache) = self.passed.lock() {
+            cache.reconfigure(gp.pass_ttl, gp.pass_cache_max);
+        }
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Installs a new access map read from `path`, unless a reload meanwhile pointed the
+    /// configuration at another file.
+    pub fn replace_access(&self, path: &Path, access: LoadedMap) {
+        let _guard = self.reload_lock.lock();
+        let current = self.runtime.load();
+        if current.config.access.file.as_deref() == Some(path) {
+            self.runtime.store(Arc::new(current.with_access(&access)));
+        }
+    }
+
+    /// True when `addr` waited for a greeting within `pass_ttl`.
+    pub fn has_passed(&self, addr: IpAddr, now: Instant) -> bool {
+        self.passed.lock().is_ok_and(|c| c.contains(addr, now))
+    }
+
+    /// `addr` waited for its greeting.
+    pub fn remember_pass(&self, addr: IpAddr, now: Instant) {
+        if let Ok(mut c) = self.passed.lock() {
+            c.insert(addr, now);
+        }
+    }
 }

@@ -149,6 +149,33 @@ pub enum Event<'a> {
     Quarantined { path: &'a str, reason: &'a str },
     /// Recovery found messages to deliver.
     Recovered { messages: usize },
+    /// A client talked before the greeting (Sendmail's greet_pause finding).
+    Pregreet {
+        qid: &'a str,
+        relay: &'a str,
+        /// Whole seconds, rounded half up (Sendmail's "after N seconds").
+        seconds: u64,
+        waited_ms: u128,
+        class: &'a str,
+        sample: &'a str,
+        action: portcullis_config::Action,
+        /// The access entry that set the pause (`file:line: GreetPause:key value`), or None for
+        /// `greet_pause.default`.
+        entry: Option<&'a str>,
+    },
+    /// The access map was loaded (at start, SIGHUP or a file change).
+    AccessMapLoaded {
+        path: &'a str,
+        entries: usize,
+        warnings: usize,
+        millis: u128,
+    },
+    /// A questionable access map line (`file:line: message`).
+    AccessMapWarning { diagnostic: &'a str },
+    /// A changed access map could not be loaded; the old one stays.
+    AccessMapReloadFailed { path: &'a str, error: &'a str },
+    /// Client names cannot be looked up; sessions go on with addresses only.
+    DnsUnavailable { error: &'a str },
 }
 
 /// An event rendered once.
@@ -164,6 +191,10 @@ pub struct Record {
     pub text: String,
     /// Extra structured fields.
     pub fields: Vec<(&'static str, String)>,
+    /// The fields matter to admins reading plain syslog too: that format writes them on a
+    /// second line (`QID: <event> detail: k="v", ...`), so the first keeps Sendmail's exact
+    /// wording for anchored fail2ban patterns.
+    pub detail: bool,
 }
 
 impl Event<'_> {
@@ -176,6 +207,7 @@ impl Event<'_> {
             qid: qid.map(str::to_owned),
             text,
             fields: Vec::new(),
+            detail: false,
         };
         match *self {
             Self::ServerStarted { version, config } => r(
@@ -361,6 +393,65 @@ impl Event<'_> {
                 None,
                 format!("recovered {messages} queued message(s)"),
             ),
+            Self::Pregreet {
+                qid,
+                relay,
+                seconds,
+                waited_ms,
+                class,
+                sample,
+                action,
+                entry,
+            } => r(
+                "greet_pause_pregreet",
+                Notice,
+                Some(qid),
+                match action {
+                    portcullis_config::Action::Ignore => format!(
+                        "pre-greeting traffic from {relay} after {seconds} seconds ignored (greet_pause.action = ignore)"
+                    ),
+                    _ => format!(
+                        "rejecting commands from {relay} due to pre-greeting traffic after {seconds} seconds"
+                    ),
+                },
+            )
+            .with("class", class)
+            .with("sample", sample)
+            .with("waited_ms", &waited_ms.to_string())
+            .with("action", action.name())
+            .with("pause_entry", entry.unwrap_or("greet_pause.default"))
+            .with_detail_line(),
+            Self::AccessMapLoaded {
+                path,
+                entries,
+                warnings,
+                millis,
+            } => r(
+                "access_map_loaded",
+                Notice,
+                None,
+                format!(
+                    "access map {path} loaded: {entries} entries, {warnings} warning(s), {millis} ms"
+                ),
+            ),
+            Self::AccessMapWarning { diagnostic } => r(
+                "access_map_warning",
+                Warning,
+                None,
+                format!("access map: {diagnostic}"),
+            ),
+            Self::AccessMapReloadFailed { path, error } => r(
+                "access_map_reload_failed",
+                Error,
+                None,
+                format!("access map {path} not reloaded, keeping the old one: {error}"),
+            ),
+            Self::DnsUnavailable { error } => r(
+                "dns_unavailable",
+                Warning,
+                None,
+                format!("client host names will not be looked up: {error}"),
+            ),
         }
     }
 }
@@ -369,6 +460,28 @@ impl Record {
     fn with(mut self, key: &'static str, value: &str) -> Self {
         self.fields.push((key, value.to_owned()));
         self
+    }
+
+    fn with_detail_line(mut self) -> Self {
+        self.detail = true;
+        self
+    }
+
+    /// The second syslog line of a record with `detail`: its fields, quoted.
+    fn detail_record(&self) -> Self {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\"")))
+            .collect();
+        Self {
+            name: self.name,
+            level: self.level,
+            qid: self.qid.clone(),
+            text: format!("{} detail: {}", self.name, fields.join(", ")),
+            fields: Vec::new(),
+            detail: false,
+        }
     }
 
     /// The syslog-style message (without timestamp and tag): `QID: text`.
@@ -490,6 +603,13 @@ impl Telemetry {
     /// Records one event.
     pub fn emit(&self, event: Event<'_>) {
         let record = event.render();
+        self.write(&record);
+        if self.format == LogFormat::Syslog && record.detail {
+            self.write(&record.detail_record());
+        }
+    }
+
+    fn write(&self, record: &Record) {
         let now = clock::wall();
         let line = match self.format {
             LogFormat::Json => record.json(&clock::rfc3339(now)),

@@ -4,6 +4,10 @@
 //! Script lines:
 //! - `! key = value`   configuration, as root-level dotted TOML keys (`! server.max_message_bytes = 100`)
 //! - `@peer ADDR`      the client's address (default 127.0.0.1)
+//! - `@name ADDR NAME` reverse DNS (confirmed) gives NAME for ADDR (default: no names)
+//! - `@access LINE`    a line of the access map (Sendmail `access` source format)
+//!
+//! The greeting pause defaults to 0 here (`! greet_pause.default = "5s"` turns it on).
 //! - `C: text`         the client sends `text` CRLF (`C:` alone: an empty line)
 //! - `C< text`         the client sends raw bytes (`\r`, `\n`, `\t`, `\\`, `\xNN` escapes)
 //! - `S: text`         the next reply line is exactly `text`
@@ -15,6 +19,8 @@
 //! - `!LOG~ text`      no log line so far contains `text`
 //! - `SPOOLED n`       the spool holds `n` messages
 //! - `SIGTERM`         the server starts shutting down
+//! - `SHUT`            the client closes its sending side (FIN)
+//! - `RECONNECT`       a new connection from the same peer to the same server state
 //!
 //! Every `S:`/`S~`/`SILENT`/`CLOSED` is checked WITHOUT letting virtual time move: the server
 //! must have answered by the current instant. Only `+N` advances time, so a transcript pins
@@ -28,7 +34,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::serve::build;
+use portcullis::dns::StaticNames;
+use portcullis::serve::build_with_names;
 use portcullis::telemetry::Telemetry;
 use portcullis_config::{LogFormat, load_str};
 use portcullis_spool::CommitOptions;
@@ -38,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 struct Script {
     config: Vec<String>,
     peer: IpAddr,
+    names: Vec<(IpAddr, String)>,
+    access: Vec<String>,
     steps: Vec<(usize, String)>,
 }
 
@@ -45,6 +54,8 @@ fn parse_script(text: &str) -> Script {
     let mut s = Script {
         config: Vec::new(),
         peer: "127.0.0.1".parse().unwrap(),
+        names: Vec::new(),
+        access: Vec::new(),
         steps: Vec::new(),
     };
     for (i, line) in text.lines().enumerate() {
@@ -56,6 +67,12 @@ fn parse_script(text: &str) -> Script {
             s.config.push(cfg.to_owned());
         } else if let Some(peer) = trimmed.strip_prefix("@peer ") {
             s.peer = peer.trim().parse().unwrap();
+        } else if let Some(rest) = trimmed.strip_prefix("@name ") {
+            let (addr, name) = rest.trim().split_once(' ').unwrap();
+            s.names
+                .push((addr.parse().unwrap(), name.trim().to_owned()));
+        } else if let Some(entry) = trimmed.strip_prefix("@access ") {
+            s.access.push(entry.to_owned());
         } else {
             s.steps.push((i + 1, trimmed.to_owned()));
         }
@@ -90,6 +107,9 @@ fn unescape(s: &str) -> Vec<u8> {
 }
 
 fn duration(s: &str) -> Duration {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return Duration::from_millis(ms.parse().unwrap());
+    }
     let (n, unit) = s.split_at(s.len() - 1);
     let n: u64 = n.parse().unwrap();
     match unit {
@@ -150,6 +170,18 @@ fn run_file(path: &Path) {
         toml.push_str(line);
         toml.push('\n');
     }
+    if !script
+        .config
+        .iter()
+        .any(|l| l.starts_with("greet_pause.default"))
+    {
+        toml.push_str("greet_pause.default = \"0s\"\n");
+    }
+    if !script.access.is_empty() {
+        let file = dir.path().join("access");
+        std::fs::write(&file, script.access.join("\n") + "\n").unwrap();
+        toml.push_str(&format!("access.file = \"{}\"\n", file.display()));
+    }
     let config = match load_str(&toml, &path.display().to_string()) {
         Ok(l) => l.config,
         Err(d) => panic!("{}: config: {d:?}", path.display()),
@@ -165,23 +197,34 @@ fn run_file(path: &Path) {
             threads: 0,
             ..Default::default()
         };
-        let built = build(config, telemetry, inline).unwrap();
+        let names = Arc::new(StaticNames::new(script.names.clone()));
+        let built = build_with_names(config, telemetry, inline, names).unwrap();
         let shared = built.shared;
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let token = CancellationToken::new();
-        let server = tokio::spawn(portcullis::conn::serve_connection(
-            shared.clone(),
-            server_io,
-            script.peer,
-            token.clone(),
-        ));
-        let mut client = Client {
-            io: client_io,
-            buf: Vec::new(),
-            eof: false,
+        let connect = || {
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(portcullis::conn::serve_connection(
+                shared.clone(),
+                server_io,
+                script.peer,
+                token.clone(),
+            ));
+            let client = Client {
+                io: client_io,
+                buf: Vec::new(),
+                eof: false,
+            };
+            (client, server)
         };
+        let (mut client, mut server) = connect();
         for (lineno, step) in &script.steps {
             let at = format!("{}:{lineno}: `{step}`", path.display());
+            if step == "RECONNECT" {
+                drop(client);
+                let _ = tokio::time::timeout(Duration::from_secs(3600), server).await;
+                (client, server) = connect();
+                continue;
+            }
             run_step(&mut client, step, &shared, &token, &at).await;
         }
         drop(client);
@@ -254,6 +297,8 @@ async fn run_step(
         assert_eq!(shared.spool.list().unwrap().len(), n, "{at}");
     } else if step == "SIGTERM" {
         token.cancel();
+    } else if step == "SHUT" {
+        client.io.shutdown().await.unwrap();
     } else {
         panic!("{at}: unknown step");
     }

@@ -1,5 +1,6 @@
 //! `portcullis check-config [--config FILE]`: print every diagnostic as
-//! `FILE:LINE:COL: error|warning: message`; exit 0 when valid (warnings allowed), 78 on errors.
+//! `FILE:LINE:COL: error|warning: message`, then those of the access map the configuration
+//! names (`FILE:LINE: message`); exit 0 when valid (warnings allowed), 78 on errors.
 
 use std::path::Path;
 
@@ -11,6 +12,15 @@ pub fn run(path: Option<&Path>) -> i32 {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("{w}");
+            }
+            let map = crate::access::load(loaded.config.access.file.as_deref());
+            match &map {
+                Ok(map) => map.warnings.iter().for_each(|w| eprintln!("{w}")),
+                Err(errors) => {
+                    errors.iter().for_each(|e| eprintln!("{e}"));
+                    eprintln!("{} error(s) in the access map", errors.len());
+                    return EX_CONFIG;
+                }
             }
             println!(
                 "{}: configuration OK ({} warning(s))",

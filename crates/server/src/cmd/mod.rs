@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use portcullis_config::{Diagnostic, Loaded, embedded_default, load_file};
 
+pub mod access;
 pub mod check_config;
 pub mod serve;
 
@@ -38,6 +39,12 @@ pub enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The Sendmail access map: look entries up, check a file.
+    Access {
+        /// What to do.
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
 }
 
 /// Loads the named file or the embedded default.
@@ -53,5 +60,6 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve { config } => serve::run(config),
         Command::CheckConfig { config } => check_config::run(config.as_deref()),
+        Command::Access { command } => access::run(command),
     }
 }

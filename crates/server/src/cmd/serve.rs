@@ -33,7 +33,11 @@ pub fn run(path: Option<PathBuf>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("portcullis: error: {e:#}");
-            1
+            if e.downcast_ref::<crate::access::MapError>().is_some() {
+                EX_CONFIG
+            } else {
+                1
+            }
         }
     }
 }

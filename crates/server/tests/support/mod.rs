@@ -154,7 +154,8 @@ pub struct Server {
 impl Server {
     /// Starts a server listening on a free port of 127.0.0.1, with the base configuration
     /// (hostname `mx.example.test`, local domains `localhost` and `example.test`, spool and
-    /// Maildir in the temporary directory) merged with `extra` (see [`merge_toml`]).
+    /// Maildir in the temporary directory, no greeting pause, no DNS) merged with `extra`
+    /// (see [`merge_toml`]).
     pub fn start(extra: &str) -> Self {
         Self::start_listening(
             || vec![SocketAddr::from((Ipv4Addr::LOCALHOST, free_port_v4()))],
@@ -198,7 +199,7 @@ impl Server {
             .collect::<Vec<_>>()
             .join(", ");
         let base = format!(
-            "[server]\nhostname = {}\nlisten = [{listen}]\nspool_dir = {}\n\n[local]\ndomains = [\"localhost\", \"example.test\"]\nmaildir_root = {}\n",
+            "[server]\nhostname = {}\nlisten = [{listen}]\nspool_dir = {}\n\n[local]\ndomains = [\"localhost\", \"example.test\"]\nmaildir_root = {}\n\n[greet_pause]\ndefault = \"0s\"\n\n[dns]\nreverse = false\n",
             toml_str(HOSTNAME),
             toml_str(&self.spool_dir().display().to_string()),
             toml_str(&self.maildir_root().display().to_string()),

@@ -12,9 +12,10 @@ work=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 server_pid=
 stop() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; server_pid=; }
 trap 'stop; rm -rf "$work"' EXIT
-start() { # name
+start() { # name [config text]
     mkdir -p "$work/$1"
-    (cd "$work/$1" && exec "$OLDPWD/target/release/portcullis" serve 2>"$work/$1/server.log") &
+    if [ -n "${2:-}" ]; then printf '%s\n' "$2" >"$work/$1/portcullis.toml"; set -- "$1" --config portcullis.toml; else set -- "$1"; fi
+    (cd "$work/$1" && exec "$OLDPWD/target/release/portcullis" serve "${@:2}" 2>"$work/$1/server.log") &
     server_pid=$!
     for _ in $(seq 50); do grep -q "listening on" "$work/$1/server.log" 2>/dev/null && return 0; sleep 0.1; done
     echo "server did not start"; cat "$work/$1/server.log"; exit 1
@@ -49,3 +50,10 @@ stop
 start held-ehlo; sleep 2
 target/release/portcullis-bench held --target 127.0.0.1:2525 --connections 10000 --pid "$server_pid" --hold 2 --after-ehlo | grep '^RESULT'
 stop
+# Connections held in a 300 s greeting pause (as many as the file-descriptor limit allows).
+start held-pause "$(printf '[server]\nlisten = ["127.0.0.1:2525"]\n[greet_pause]\ndefault = "300s"\n')"; sleep 2
+n=$(( $(ulimit -Hn) - 1000 ))
+target/release/portcullis-bench held --target 127.0.0.1:2525 --connections "$n" --pid "$server_pid" --hold 2 \
+    --wait-greeting false --sources 127.0.0.1,127.0.0.2 | grep '^RESULT'
+stop
+target/release/portcullis-bench access-load --lines 1000000 | grep '^RESULT'

@@ -318,3 +318,26 @@ fn access_lookup_and_check_commands() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{file}:1:")));
 }
+
+#[test]
+fn sighup_reloads_the_access_map_when_watching_is_off() {
+    let mut server = Server::start("");
+    let access = access_file(&server, "GreetPause:127.0.0.4 0\n");
+    server.write_config(&format!(
+        "{access}[greet_pause]\ndefault = \"3s\"\n[access]\nwatch_interval = \"0s\"\n"
+    ));
+    server.restart();
+    write_atomically(&server.dir().join("access"), "GreetPause:127.0.0.4 2000\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = Smtp::connect_from(server.addr(), LOCAL4);
+    let (secs, _) = time_to_greeting(&mut c);
+    assert!(secs < 1.0, "not watched: still the old map ({secs:.3}s)");
+
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(server.wait_log("configuration reloaded", Duration::from_secs(5)));
+    let mut c = Smtp::connect_from(server.addr(), LOCAL4);
+    assert!(
+        c.is_silent_for(Duration::from_millis(1000)),
+        "the new map pauses it"
+    );
+}

@@ -22,6 +22,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== dependency rules"
 scripts/check-deps.sh
 echo "== cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+out="${CARGO_TARGET_DIR:-target}/test-output.txt"
+mkdir -p "$(dirname "$out")"
+cargo test --workspace --locked 2>&1 | tee "$out"
 # One summary line that any CI reader understands.
-awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$out"

@@ -30,13 +30,16 @@ pub fn pause_for<'m>(
     host: Option<&str>,
     addr: IpAddr,
 ) -> (Duration, Option<Entry<'m>>) {
-    match map.lookup_client(Tag::GreetPause, false, host, addr) {
-        Some(entry) => {
-            let length = pregreet::clamp(pregreet::from_millis(access::number(entry.value)));
-            (length, Some(entry))
-        }
+    match map.lookup_client_for(Tag::GreetPause, host, addr) {
+        Some(entry) => (length_of(entry.value), Some(entry)),
         None => (pregreet::clamp(default), None),
     }
+}
+
+/// The pause a `GreetPause:` value asks for: milliseconds read as Sendmail's `strtol` reads
+/// them (junk or negative = none), clamped to 300 s.
+pub fn length_of(value: &str) -> Duration {
+    pregreet::clamp(pregreet::from_millis(access::number(value)))
 }
 
 /// Clients that waited for the greeting, remembered for a while so they are not paused again

@@ -331,6 +331,40 @@ impl AccessMap {
             .or_else(|| self.walk_addr(tag, untagged, addr))
     }
 
+    /// The client lookup the server makes for `tag`, as Sendmail's rulesets do it (one
+    /// place, so the server and `portcullis access lookup` cannot disagree):
+    /// - `GreetPause:` (greet_pause.m4): host, then address; tag only; no default.
+    /// - `ClientRate:`, `ClientConn:` (`SearchList <! Tag> <A:addr> <E:>`): address, then the
+    ///   default; no host-name lookup.
+    /// - `Srv_Features:`: host, then address, then the default; tag only.
+    /// - `Connect:` and the rest (`check_relay`, `+`): host, then address, each tagged then
+    ///   untagged.
+    pub fn lookup_client_for(
+        &self,
+        tag: Tag,
+        host: Option<&str>,
+        addr: IpAddr,
+    ) -> Option<Entry<'_>> {
+        match tag {
+            Tag::GreetPause => self.lookup_client(tag, false, host, addr),
+            Tag::ClientRate | Tag::ClientConn => self
+                .lookup_addr(tag, false, addr)
+                .or_else(|| self.lookup_default(tag)),
+            Tag::SrvFeatures => self
+                .lookup_client(tag, false, host, addr)
+                .or_else(|| self.lookup_default(tag)),
+            _ => self.lookup_client(tag, true, host, addr),
+        }
+    }
+
+    /// The mail-address lookup the server makes for `tag`: `From:` and `To:` fall back to
+    /// untagged keys (`<+ From>`, `<+ To>`), `Spam:` does not (`<! Spam>`); the order of the
+    /// steps is [`AccessMap::lookup_mail`]'s.
+    pub fn lookup_mail_for(&self, tag: Tag, local: &str, domain: &str) -> Option<Entry<'_>> {
+        let untagged = matches!(tag, Tag::From | Tag::To | Tag::Untagged);
+        self.lookup_mail(tag, untagged, local, domain)
+    }
+
     /// The tag's default, the `Tag:` key with nothing after the colon (ruleset `E` with an
     /// empty key, tag only). Sendmail consults it for `ClientRate:`, `ClientConn:` and
     /// `Srv_Features:`, never for `GreetPause:`; [`Tag::Untagged`] has none.

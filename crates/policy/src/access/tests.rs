@@ -224,3 +224,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn lookups_for_each_tag_follow_its_ruleset() {
+    let m = map("GreetPause:mail.example.com 0\n\
+                 GreetPause: 9\n\
+                 ClientRate:mail.example.com 1\n\
+                 ClientRate: 10\n\
+                 Srv_Features: F\n\
+                 mail.example.com OK\n\
+                 From:spammer@ REJECT\n\
+                 spammer@example.org OK\n\
+                 Spam:example.org FRIEND\n");
+    let host = Some("mail.example.com");
+    let other = ip("203.0.113.9");
+    // GreetPause: the host key; no default, ever.
+    assert_eq!(
+        line(m.lookup_client_for(Tag::GreetPause, host, other)),
+        Some(1)
+    );
+    assert_eq!(
+        line(m.lookup_client_for(Tag::GreetPause, None, other)),
+        None
+    );
+    // ClientRate: never by name; the empty-key default.
+    assert_eq!(
+        line(m.lookup_client_for(Tag::ClientRate, host, other)),
+        Some(4)
+    );
+    // Srv_Features: the default too.
+    assert_eq!(
+        line(m.lookup_client_for(Tag::SrvFeatures, None, other)),
+        Some(5)
+    );
+    // Connect: falls back to the untagged key.
+    assert_eq!(
+        line(m.lookup_client_for(Tag::Connect, host, other)),
+        Some(6)
+    );
+    // From: the full address (tagged, then untagged) comes before `user@`.
+    assert_eq!(
+        line(m.lookup_mail_for(Tag::From, "spammer", "example.org")),
+        Some(8)
+    );
+    assert_eq!(
+        line(m.lookup_mail_for(Tag::From, "spammer", "example.net")),
+        Some(7)
+    );
+    // Spam: tag only.
+    assert_eq!(
+        line(m.lookup_mail_for(Tag::Spam, "x", "sub.example.org")),
+        Some(9)
+    );
+    assert_eq!(
+        line(m.lookup_mail_for(Tag::Spam, "spammer", "example.net")),
+        None
+    );
+}

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use portcullis_policy::access::{AccessMap, Entry, Tag};
+use portcullis_policy::greet_pause::length_of;
+use portcullis_smtp::pregreet::from_millis;
 
 use super::{EX_CONFIG, load};
 use crate::access;
@@ -197,22 +199,11 @@ impl<'a> Query<'a> {
         Some(Self::Mail { local, domain })
     }
 
-    /// The lookup the server makes for `tag` (Sendmail's rulesets: see the policy crate).
+    /// The lookup the server makes for `tag` (the rulesets live in the policy crate).
     fn run<'m>(&self, map: &'m AccessMap, tag: Tag) -> Option<Entry<'m>> {
         match *self {
-            Self::Client { addr, host } => match tag {
-                Tag::GreetPause => map.lookup_client(tag, false, host, addr),
-                Tag::ClientRate | Tag::ClientConn => map
-                    .lookup_addr(tag, false, addr)
-                    .or_else(|| map.lookup_default(tag)),
-                Tag::SrvFeatures => map
-                    .lookup_client(tag, false, host, addr)
-                    .or_else(|| map.lookup_default(tag)),
-                _ => map.lookup_client(tag, true, host, addr),
-            },
-            Self::Mail { local, domain } => {
-                map.lookup_mail(tag, !matches!(tag, Tag::Spam), local, domain)
-            }
+            Self::Client { addr, host } => map.lookup_client_for(tag, host, addr),
+            Self::Mail { local, domain } => map.lookup_mail_for(tag, local, domain),
         }
     }
 
@@ -233,15 +224,18 @@ fn meaning(tag: Tag, value: &str) -> Option<String> {
     use portcullis_policy::access::number;
     let n = number(value);
     Some(match tag {
-        Tag::GreetPause if n <= 0 => "meaning: no greeting pause".to_owned(),
         Tag::GreetPause => {
-            let ms = n.min(300_000);
-            let clamp = if n > 300_000 {
-                " (clamped to 300 s)"
+            let length = length_of(value);
+            if length.is_zero() {
+                "meaning: no greeting pause".to_owned()
             } else {
-                ""
-            };
-            format!("meaning: greeting pause {ms} ms{clamp}")
+                let clamp = if length < from_millis(n) {
+                    " (clamped to 300 s)"
+                } else {
+                    ""
+                };
+                format!("meaning: greeting pause {} ms{clamp}", length.as_millis())
+            }
         }
         Tag::ClientRate | Tag::ClientConn if n <= 0 => "meaning: no limit".to_owned(),
         Tag::ClientRate => format!("meaning: at most {n} connections per window"),

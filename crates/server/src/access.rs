@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::state::Shared;
-use crate::telemetry::Event;
+use crate::telemetry::{Event, Telemetry};
 
 /// What identifies one version of the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,9 +100,8 @@ pub fn load(path: Option<&Path>) -> Result<LoadedMap, Vec<String>> {
     })
 }
 
-/// Logs a successful load.
-pub fn report_loaded(shared: &Shared, path: &Path, loaded: &LoadedMap) {
-    let t = &shared.telemetry;
+/// Logs a successful load: each warning, then the summary.
+pub fn report_loaded(t: &Telemetry, path: &Path, loaded: &LoadedMap) {
     for w in &loaded.warnings {
         t.emit(Event::AccessMapWarning {
             diagnostic: &w.to_string(),
@@ -153,7 +152,7 @@ pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
         match tokio::task::spawn_blocking(move || load(Some(&reader))).await {
             Ok(Ok(loaded)) => {
                 failed = None;
-                report_loaded(&shared, &path, &loaded);
+                report_loaded(&shared.telemetry, &path, &loaded);
                 shared.replace_access(&path, loaded);
             }
             Ok(Err(errors)) => {

@@ -75,17 +75,7 @@ pub fn build_with_names(
 ) -> Result<Built> {
     let access = access::load(config.access.file.as_deref()).map_err(access::MapError)?;
     if let Some(path) = &config.access.file {
-        for w in &access.warnings {
-            telemetry.emit(Event::AccessMapWarning {
-                diagnostic: &w.to_string(),
-            });
-        }
-        telemetry.emit(Event::AccessMapLoaded {
-            path: &path.display().to_string(),
-            entries: access.map.len(),
-            warnings: access.warnings.len(),
-            millis: access.took.as_millis(),
-        });
+        access::report_loaded(&telemetry, path, &access);
     }
     std::fs::create_dir_all(&config.local.maildir_root).with_context(|| {
         format!(
@@ -266,7 +256,7 @@ pub async fn reload(shared: &Shared, config_path: Option<&Path>) {
                 })
             };
             if let Some(file) = &config.access.file {
-                access::report_loaded(shared, file, &access);
+                access::report_loaded(&shared.telemetry, file, &access);
             }
             shared.replace_runtime(Runtime::new(config, &access, names));
             shared

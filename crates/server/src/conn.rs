@@ -98,9 +98,8 @@ where
     } = paused;
     // Sendmail dates the greeting with the connection time, however long the pause.
     let waited = clock::now().saturating_duration_since(admitted.pause.started());
-    let connected_at = clock::wall()
-        .checked_sub(waited)
-        .unwrap_or_else(|_| clock::wall());
+    let now = clock::wall();
+    let connected_at = now.checked_sub(waited).unwrap_or(now);
     let mut buf = vec![0u8; MIN_READ];
     let input = early_input(&mut stream, &admitted.opening, &mut buf).await;
     let client = ClientInfo {

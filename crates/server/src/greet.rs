@@ -119,7 +119,7 @@ where
                     Ok(1..) => early = Some((one[0], clock::now())),
                     Ok(0) | Err(_) => break w.finish(Opening::Closed),
                 },
-                name = poll_lookup(&mut w.dns) => w.named(&name),
+                name = poll_lookup(&mut w.dns) => w.named(&name, &rt, peer),
                 () = sleep_until(w.pause.deadline()), if w.dns.is_none() => {
                     if !w.remembered {
                         shared.remember_pass(peer, clock::now());
@@ -141,10 +141,9 @@ where
 
 type Lookup = std::pin::Pin<Box<dyn Future<Output = ClientName> + Send>>;
 
-/// The state of one pause.
-struct Wait<'a> {
-    rt: &'a Runtime,
-    peer: IpAddr,
+/// The state of one pause. The runtime and the peer are not kept here: the pause future
+/// already holds them, and every byte of a held connection counts.
+struct Wait {
     pause: GreetPause,
     /// The pending name lookup.
     dns: Option<Lookup>,
@@ -154,44 +153,38 @@ struct Wait<'a> {
     entry_line: Option<u32>,
 }
 
-impl<'a> Wait<'a> {
-    fn new(shared: &Shared, rt: &'a Runtime, peer: IpAddr, started: Instant) -> Self {
+impl Wait {
+    fn new(shared: &Shared, rt: &Runtime, peer: IpAddr, started: Instant) -> Self {
         let gp = &rt.config.greet_pause;
         let remembered = !gp.pass_ttl.is_zero() && shared.has_passed(peer, started);
         let mut w = Self {
-            rt,
-            peer,
             pause: GreetPause::new(started, Duration::ZERO),
             dns: Some(rt.names.lookup(peer)),
             name: None,
             remembered,
             entry_line: None,
         };
-        w.decide();
+        w.decide(rt, peer);
         w
     }
 
     /// Sets the pause length from the access map (host name first, once known).
-    fn decide(&mut self) {
+    fn decide(&mut self, rt: &Runtime, peer: IpAddr) {
         if self.remembered {
             self.pause.set_length(Duration::ZERO);
             return;
         }
-        let (length, entry) = pause_for(
-            &self.rt.access,
-            self.rt.config.greet_pause.default,
-            self.name.as_deref(),
-            self.peer,
-        );
+        let default = rt.config.greet_pause.default;
+        let (length, entry) = pause_for(&rt.access, default, self.name.as_deref(), peer);
         self.entry_line = entry.map(|e| e.line);
         self.pause.set_length(length);
     }
 
-    fn named(&mut self, name: &ClientName) {
+    fn named(&mut self, name: &ClientName, rt: &Runtime, peer: IpAddr) {
         self.dns = None;
         self.name = name.confirmed().map(str::to_owned);
-        if self.name.is_some() && self.rt.access.has_host_keys(Tag::GreetPause) {
-            self.decide();
+        if self.name.is_some() && rt.access.has_host_keys(Tag::GreetPause) {
+            self.decide(rt, peer);
         }
     }
 

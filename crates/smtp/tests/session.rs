@@ -43,17 +43,7 @@ fn harness_with(cfg: SessionConfig, addr: IpAddr) -> Harness {
         "Sat, 21 Nov 2026 11:46:10 +0000",
         now,
     );
-    let mut h = Harness {
-        session,
-        now,
-        policy: Box::new(|_| Verdict::Accept),
-        commit: Ok(()),
-        hold_commits: false,
-        committed: Vec::new(),
-        notes: Vec::new(),
-        asks: Vec::new(),
-        out: String::new(),
-    };
+    let mut h = Harness::around(session, now);
     h.pump();
     h
 }
@@ -63,6 +53,21 @@ fn harness() -> Harness {
 }
 
 impl Harness {
+    /// A harness playing the driver of `session`, accepting every question.
+    fn around(session: Session, now: Instant) -> Self {
+        Self {
+            session,
+            now,
+            policy: Box::new(|_| Verdict::Accept),
+            commit: Ok(()),
+            hold_commits: false,
+            committed: Vec::new(),
+            notes: Vec::new(),
+            asks: Vec::new(),
+            out: String::new(),
+        }
+    }
+
     /// Sends bytes and returns the replies they produced.
     fn send(&mut self, bytes: &[u8]) -> String {
         assert!(self.session.wants_input(), "session does not want input");
@@ -670,17 +675,8 @@ fn rejecting() -> Harness {
     let greeting = reply::not_accepting(&cfg.hostname);
     let mut session = Session::with_greeting(cfg, client, &greeting, now);
     session.reject_commands(reply::command_rejected());
-    let mut h = Harness {
-        session,
-        now,
-        policy: Box::new(|ask| panic!("policy asked in rejecting mode: {ask:?}")),
-        commit: Ok(()),
-        hold_commits: false,
-        committed: Vec::new(),
-        notes: Vec::new(),
-        asks: Vec::new(),
-        out: String::new(),
-    };
+    let mut h = Harness::around(session, now);
+    h.policy = Box::new(|ask| panic!("policy asked in rejecting mode: {ask:?}"));
     assert_eq!(
         h.pump(),
         "554 mx.example.test ESMTP not accepting messages\r\n"

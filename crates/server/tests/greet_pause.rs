@@ -75,11 +75,22 @@ fn slam_from_another_address_is_rejected_and_nothing_is_queued() {
     assert!(server.log().contains("class=\"smtp-command\""));
     assert!(server.queue_files().is_empty());
 
-    // A client that waits, from another address, gets its greeting after the pause.
+    // A client that waits, from another address, gets its greeting after the pause, dated
+    // with the connection time as Sendmail dates it.
+    let connected = jiff::Timestamp::now();
     let mut patient = Smtp::connect_from(server.addr(), LOCAL3);
     let (secs, line) = time_to_greeting(&mut patient);
     assert!(line.starts_with("220 mx.example.test ESMTP"), "{line}");
     assert!((2.9..4.5).contains(&secs), "greeting after {secs:.3}s");
+    let date = line.split_once("; ").map(|(_, d)| d).unwrap_or_default();
+    let dated = jiff::fmt::rfc2822::parse(date)
+        .unwrap_or_else(|e| panic!("{date:?}: {e}"))
+        .timestamp();
+    let skew = (dated - connected).get_seconds().abs();
+    assert!(
+        skew <= 1,
+        "greeting dated {dated}, connected at {connected}"
+    );
     assert_eq!(patient.cmd("QUIT").0, 221);
     // Remembered: the next connection from 127.0.0.3 is not paused.
     let mut again = Smtp::connect_from(server.addr(), LOCAL3);
@@ -223,100 +234,58 @@ fn access_lookup_and_check_commands() {
          From:spammer@example.org REJECT\nGreetPause:10.0.0.0/8 400000\n",
     )
     .unwrap();
+    let file = access.display().to_string();
     let portcullis = |args: &[&str]| {
-        run_bounded(
+        let out = run_bounded(
             Command::new(env!("CARGO_BIN_EXE_portcullis")).args(args),
             Duration::from_secs(20),
-        )
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
     };
-    let file = access.display().to_string();
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "GreetPause",
-        "--client",
-        "192.168.1.5",
-        "--file",
-        &file,
-    ]);
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // `access lookup --tag TAG ARGS... --file FILE`
+    let lookup = |tag: &str, args: &[&str]| {
+        let mut all = vec!["access", "lookup", "--tag", tag];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--file", &file]);
+        portcullis(&all)
+    };
+
+    let (code, stdout, _) = lookup("GreetPause", &["--client", "192.168.1.5"]);
+    assert_eq!(code, Some(0));
     assert_eq!(
         stdout,
         format!("0\n{file}:1: GreetPause:192.168 0\nmeaning: no greeting pause\n")
     );
     // The host name is tried first.
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "GreetPause",
-        "--client",
-        "192.168.1.5",
-        "--host",
-        "mail.example.com",
-        "--file",
-        &file,
-    ]);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("2000\n{file}:2: ")));
+    let args = ["--client", "192.168.1.5", "--host", "mail.example.com"];
+    let (_, stdout, _) = lookup("GreetPause", &args);
+    assert!(stdout.starts_with(&format!("2000\n{file}:2: ")), "{stdout}");
     // The clamp is explained.
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "GreetPause",
-        "--client",
-        "10.9.8.7",
-        "--file",
-        &file,
-    ]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(clamped to 300 s)"));
+    let (_, stdout, _) = lookup("GreetPause", &["--client", "10.9.8.7"]);
+    assert!(stdout.contains("(clamped to 300 s)"), "{stdout}");
     // ClientRate falls back to its empty-key default.
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "ClientRate",
-        "--client",
-        "203.0.113.9",
-        "--file",
-        &file,
-    ]);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("10\n{file}:3: ")));
+    let (_, stdout, _) = lookup("ClientRate", &["--client", "203.0.113.9"]);
+    assert!(stdout.starts_with(&format!("10\n{file}:3: ")), "{stdout}");
     // Mail addresses.
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "From",
-        "--address",
-        "spammer@example.org",
-        "--file",
-        &file,
-    ]);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("REJECT\n{file}:4: ")));
+    let (_, stdout, _) = lookup("From", &["--address", "spammer@example.org"]);
+    assert!(
+        stdout.starts_with(&format!("REJECT\n{file}:4: ")),
+        "{stdout}"
+    );
     // No match: exit 1.
-    let out = portcullis(&[
-        "access",
-        "lookup",
-        "--tag",
-        "GreetPause",
-        "--client",
-        "203.0.113.9",
-        "--file",
-        &file,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("no match for GreetPause"));
+    let (code, stdout, _) = lookup("GreetPause", &["--client", "203.0.113.9"]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.starts_with("no match for GreetPause"), "{stdout}");
 
-    let out = portcullis(&["access", "check", &file]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("access map OK: 5 entries"));
+    let (code, stdout, stderr) = portcullis(&["access", "check", &file]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("access map OK: 5 entries"), "{stdout}");
     std::fs::write(&access, "GreetPause:1.2.3.4\n").unwrap();
-    let out = portcullis(&["access", "check", &file]);
-    assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{file}:1:")));
+    let (code, _, stderr) = portcullis(&["access", "check", &file]);
+    assert_eq!(code, Some(78));
+    assert!(stderr.contains(&format!("{file}:1:")), "{stderr}");
 }
 
 #[test]

@@ -9,9 +9,8 @@
 //! [`crate::clock`]. Generic over the stream so tests drive it over `tokio::io::duplex` with
 //! paused time.
 //!
-//! Memory: a connection in the greeting pause holds no read buffer (see [`crate::greet`]);
-//! the session's state is boxed only once the pause is over, so the task of a held
-//! connection stays small. An idle session holds a 1 KiB read buffer; the buffer doubles (to
+//! Memory: a connection in the greeting pause has no task and no read buffer (see
+//! [`crate::hold`]); the dialogue's task starts when the pause is over. An idle session holds a 1 KiB read buffer; the buffer doubles (to
 //! 64 KiB) only while reads keep filling it (message data) and shrinks back when they stop.
 
 use std::net::IpAddr;
@@ -59,28 +58,6 @@ pub async fn serve_connection<S>(
     let paused = greet::pause(shared, stream, peer, shutdown, |p| p).await;
     // Boxed: the dialogue's state is allocated only once the pause is over.
     Box::pin(dialogue(paused)).await;
-}
-
-/// Like [`serve_connection`], for the listener: the pause runs in the task spawned for the
-/// connection, and the dialogue in a second task spawned when the pause is over, so a
-/// connection held in the pause costs only the pause's state.
-pub fn spawn_connection(
-    shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
-    peer: IpAddr,
-    shutdown: CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
-) {
-    let next = tracker.clone();
-    tracker.spawn(greet::pause(
-        shared,
-        stream,
-        peer,
-        shutdown,
-        move |paused| {
-            next.spawn(dialogue(paused));
-        },
-    ));
 }
 
 /// Builds the session the pause's outcome calls for and runs it to the end.

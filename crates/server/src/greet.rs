@@ -10,9 +10,14 @@
 //! before the lookup ended or timed out). Traffic ends the pause at once. With no pause at all,
 //! nothing is read here (Sendmail only checks for early talkers when it pauses).
 //!
-//! Must not: allocate a read buffer while waiting. The wait reads at most one byte (into the
-//! future's own state); only a talker, whose first bytes are needed for the log, gets a buffer.
-//! A connection held here costs its socket, this future and the pending name lookup.
+//! Two drivers share the decisions in [`Wait`] (sans-IO: it is told of the byte, the name and
+//! the time, and says when the pause is over and how the session opens): the server's
+//! [`crate::hold`], which keeps every paused socket in one epoll set without a task each, and
+//! [`pause`], the same wait as one future over any stream (tests over `tokio::io::duplex`, and
+//! the holder's fallback).
+//!
+//! Must not: allocate a read buffer while waiting. The wait reads at most one byte; only a
+//! talker, whose first bytes are needed for the log, gets a buffer (in the dialogue).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::dns::ClientName;
+use crate::dns::{ClientName, LookupFuture};
 use crate::state::{Runtime, Shared};
 
 /// How the session opens.
@@ -74,59 +79,85 @@ pub struct Paused<S> {
     pub admitted: Admitted,
 }
 
-/// Runs the pause for `peer`, which connected just now, and hands the result to `then`.
+/// Runs the pause for `peer`, which connected just now, as one future, and hands the result
+/// to `then`. The server holds its paused sockets in [`crate::hold`] instead; this form serves
+/// any stream (tests drive it over `tokio::io::duplex` with paused time).
 ///
-/// A continuation rather than a return value: the server's accept loop passes one that
-/// spawns the dialogue as a new task, so the task that holds a paused connection is this
-/// future alone (a wrapping `async` block would store the arguments a second time).
-pub async fn pause<S, F, R>(
+/// A continuation rather than a return value: a caller that spawns the dialogue as a new task
+/// keeps the task that waits down to this future alone (a wrapping `async` block would store
+/// the arguments a second time).
+pub fn pause<S, F, R>(
     shared: Arc<Shared>,
-    mut stream: S,
+    stream: S,
     peer: IpAddr,
     shutdown: CancellationToken,
     then: F,
-) -> R
+) -> impl Future<Output = R>
 where
     S: AsyncRead + Unpin,
     F: FnOnce(Paused<S>) -> R,
 {
-    let started = clock::now();
     let rt = shared.runtime.load_full();
-    let admitted = {
-        let mut w = Wait::new(&shared, &rt, peer, started);
-        let mut one = [0u8; 1];
-        // A byte that came while the name lookup was still pending: judged once the name (and
-        // so the pause that applies) is known, as Sendmail resolves the name before it pauses.
-        let mut early: Option<(u8, Instant)> = None;
-        loop {
-            if w.dns.is_none() {
-                if let Some((first, at)) = early {
-                    let opening = if w.pause.length().is_zero() {
-                        Opening::Greet { first: Some(first) }
-                    } else {
-                        Opening::Talked { first, at }
-                    };
-                    break w.finish(opening);
-                }
-                if w.pause.length().is_zero() {
-                    break w.finish(Opening::Greet { first: None });
-                }
+    let wait = Wait::new(&shared, &rt, peer, clock::now());
+    let dns = Some(rt.names.lookup(peer));
+    drive(
+        Pausing {
+            shared,
+            rt,
+            stream,
+            peer,
+            shutdown,
+            wait,
+            dns,
+        },
+        then,
+    )
+}
+
+/// A pause under way, before (or between) its drivers.
+pub(crate) struct Pausing<S> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) stream: S,
+    pub(crate) peer: IpAddr,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) wait: Wait,
+    /// The name lookup, while it runs.
+    pub(crate) dns: Option<LookupFuture>,
+}
+
+/// Drives a pause to its end as one future, then hands the result to `then`.
+pub(crate) async fn drive<S, F, R>(pausing: Pausing<S>, then: F) -> R
+where
+    S: AsyncRead + Unpin,
+    F: FnOnce(Paused<S>) -> R,
+{
+    let Pausing {
+        shared,
+        rt,
+        mut stream,
+        peer,
+        shutdown,
+        mut wait,
+        mut dns,
+    } = pausing;
+    let mut one = [0u8; 1];
+    let admitted = loop {
+        if let Some(opening) = wait.ready() {
+            break wait.finish(opening);
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break wait.finish(Opening::Shutdown),
+            n = stream.read(&mut one), if wait.wants_byte() => match n {
+                Ok(1..) => wait.byte(one[0], clock::now()),
+                Ok(0) | Err(_) => break wait.finish(Opening::Closed),
+            },
+            name = poll_lookup(&mut dns) => {
+                dns = None;
+                wait.named(&name, &rt, peer);
             }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break w.finish(Opening::Shutdown),
-                n = stream.read(&mut one), if early.is_none() => match n {
-                    Ok(1..) => early = Some((one[0], clock::now())),
-                    Ok(0) | Err(_) => break w.finish(Opening::Closed),
-                },
-                name = poll_lookup(&mut w.dns) => w.named(&name, &rt, peer),
-                () = sleep_until(w.pause.deadline()), if w.dns.is_none() => {
-                    if !w.remembered {
-                        shared.remember_pass(peer, clock::now());
-                    }
-                    break w.finish(Opening::Greet { first: None });
-                }
-            }
+            () = sleep_until(wait.deadline()) => break wait.expire(&shared, peer),
         }
     };
     then(Paused {
@@ -139,30 +170,36 @@ where
     })
 }
 
-type Lookup = std::pin::Pin<Box<dyn Future<Output = ClientName> + Send>>;
-
-/// The state of one pause. The runtime and the peer are not kept here: the pause future
-/// already holds them, and every byte of a held connection counts.
-struct Wait {
+/// The state of one pause, without I/O: both [`pause`] and [`crate::hold`] feed it the
+/// client's first byte, the name lookup's answer and the clock, and ask it when the pause is
+/// over. The runtime and the peer are not kept here (their holders already have them): every
+/// byte of a held connection counts.
+#[derive(Debug)]
+pub(crate) struct Wait {
     pause: GreetPause,
-    /// The pending name lookup.
-    dns: Option<Lookup>,
+    /// The name lookup has not answered yet.
+    naming: bool,
     name: Option<String>,
     /// The client is in the pass cache: no pause.
     remembered: bool,
     entry_line: Option<u32>,
+    /// A byte that came before the pause was over, and when. Judged once the name (and so
+    /// the pause that applies) is known, as Sendmail resolves the name before it pauses.
+    early: Option<(u8, Instant)>,
 }
 
 impl Wait {
-    fn new(shared: &Shared, rt: &Runtime, peer: IpAddr, started: Instant) -> Self {
+    /// The pause for `peer`, which connected at `started`; its name is still to come.
+    pub(crate) fn new(shared: &Shared, rt: &Runtime, peer: IpAddr, started: Instant) -> Self {
         let gp = &rt.config.greet_pause;
         let remembered = !gp.pass_ttl.is_zero() && shared.has_passed(peer, started);
         let mut w = Self {
             pause: GreetPause::new(started, Duration::ZERO),
-            dns: Some(rt.names.lookup(peer)),
+            naming: true,
             name: None,
             remembered,
             entry_line: None,
+            early: None,
         };
         w.decide(rt, peer);
         w
@@ -180,15 +217,67 @@ impl Wait {
         self.pause.set_length(length);
     }
 
-    fn named(&mut self, name: &ClientName, rt: &Runtime, peer: IpAddr) {
-        self.dns = None;
+    /// The name lookup answered.
+    pub(crate) fn named(&mut self, name: &ClientName, rt: &Runtime, peer: IpAddr) {
+        self.naming = false;
         self.name = name.confirmed().map(str::to_owned);
         if self.name.is_some() && rt.access.has_host_keys(Tag::GreetPause) {
             self.decide(rt, peer);
         }
     }
 
-    fn finish(self, opening: Opening) -> Admitted {
+    /// True while the client's first byte is still of interest.
+    pub(crate) fn wants_byte(&self) -> bool {
+        self.early.is_none()
+    }
+
+    /// The client sent `first` at `at`.
+    pub(crate) fn byte(&mut self, first: u8, at: Instant) {
+        self.early = Some((first, at));
+    }
+
+    /// True while the name lookup has not answered.
+    pub(crate) fn naming(&self) -> bool {
+        self.naming
+    }
+
+    /// True when a pause applies (as it stands: the name may change it).
+    pub(crate) fn pauses(&self) -> bool {
+        !self.pause.length().is_zero()
+    }
+
+    /// When the pause ends by itself; None while the name is pending (the greeting waits
+    /// for the lookup, which its own timeout bounds).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (!self.naming).then(|| self.pause.deadline())
+    }
+
+    /// How the session opens, when that no longer depends on waiting: the name is known, and
+    /// the client talked or no pause applies.
+    pub(crate) fn ready(&self) -> Option<Opening> {
+        if self.naming {
+            return None;
+        }
+        let no_pause = self.pause.length().is_zero();
+        match self.early {
+            Some((first, _)) if no_pause => Some(Opening::Greet { first: Some(first) }),
+            Some((first, at)) => Some(Opening::Talked { first, at }),
+            None if no_pause => Some(Opening::Greet { first: None }),
+            None => None,
+        }
+    }
+
+    /// The deadline passed with the client silent: it has earned its greeting, and a place in
+    /// the pass cache.
+    pub(crate) fn expire(self, shared: &Shared, peer: IpAddr) -> Admitted {
+        if !self.remembered {
+            shared.remember_pass(peer, clock::now());
+        }
+        self.finish(Opening::Greet { first: None })
+    }
+
+    /// The pause is over.
+    pub(crate) fn finish(self, opening: Opening) -> Admitted {
         Admitted {
             name: self.name,
             opening,
@@ -198,13 +287,16 @@ impl Wait {
     }
 }
 
-async fn poll_lookup(dns: &mut Option<Lookup>) -> ClientName {
+async fn poll_lookup(dns: &mut Option<LookupFuture>) -> ClientName {
     match dns {
         Some(lookup) => lookup.await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_until(at: Instant) {
-    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod conn;
 pub mod dns;
 pub mod greet;
+pub mod hold;
 pub mod queue;
 pub mod serve;
 pub mod state;

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
-use crate::conn::spawn_connection;
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
+use crate::hold::Holder;
 use crate::queue::{self, QueueHandle, QueueReceiver};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{Event, Telemetry};
@@ -182,6 +182,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         recovered,
         shutdown.clone(),
     ));
+    let holder = Holder::start(shared.clone(), shutdown.clone(), sessions.clone())
+        .context("cannot start the greeting-pause holder")?;
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });
@@ -189,10 +191,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tokio::spawn(accept_loop(
             shared.clone(),
             listener,
-            sessions.clone(),
+            holder.clone(),
             shutdown.clone(),
         ));
     }
+    drop(holder);
 
     let signal_name = wait_for_stop(&shared, config_path.as_deref()).await?;
     shared.telemetry.emit(Event::ShutdownStarted {
@@ -286,10 +289,11 @@ fn load_runtime_files(path: &Path) -> Result<(Config, LoadedMap), String> {
     Ok((config.config, access))
 }
 
+/// Accepts connections and hands each to the pause holder.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    sessions: TaskTracker,
+    holder: Holder,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -300,9 +304,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                spawn_connection(shared, stream, peer.ip(), shutdown, &sessions);
+                holder.admit(stream, peer.ip()).await;
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off briefly instead of spinning.

@@ -9,12 +9,11 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis::dns::fake::FakeDns;
-use support::{HOSTNAME, Server, Smtp, run_bounded, toml_str};
+use support::{HOSTNAME, Server, Smtp, access_file, run_bounded, toml_str, write_atomically};
 
 const LOCAL2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const LOCAL3: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -23,21 +22,6 @@ const LOCAL4: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
 /// The seeds' netcat slam: a whole session in one write.
 const SLAM: &[u8] = b"HELO client.example.org\r\nMAIL FROM:<alice@example.org>\r\n\
 RCPT TO:<root@localhost>\r\nDATA\r\nSubject: t\r\n\r\nhello\r\n.\r\nQUIT\r\n";
-
-fn access_file(server: &Server, lines: &str) -> String {
-    let path = server.dir().join("access");
-    write_atomically(&path, lines);
-    format!(
-        "[access]\nfile = {}\n",
-        toml_str(&path.display().to_string())
-    )
-}
-
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// Seconds until the first reply line, and the line.
 fn time_to_greeting(client: &mut Smtp) -> (f64, String) {

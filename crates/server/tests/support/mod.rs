@@ -450,6 +450,23 @@ pub fn message_ids(files: &[PathBuf]) -> BTreeMap<String, usize> {
     ids
 }
 
+/// Writes `lines` as the server's access file; returns the `[access]` section naming it.
+pub fn access_file(server: &Server, lines: &str) -> String {
+    let path = server.dir().join("access");
+    write_atomically(&path, lines);
+    format!(
+        "[access]\nfile = {}\n",
+        toml_str(&path.display().to_string())
+    )
+}
+
+/// Replaces `path` with `text` in one rename (the watcher never sees half a file).
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// A line-based SMTP client over a std socket, with read and write timeouts.
 pub struct Smtp {
     reader: BufReader<TcpStream>,
@@ -491,6 +508,13 @@ impl Smtp {
             reader: BufReader::new(stream),
             writer,
         })
+    }
+
+    /// Closes the connection with a reset (RST) rather than a FIN.
+    pub fn reset(self) {
+        socket2::SockRef::from(&self.writer)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
     }
 
     /// Changes the read timeout.

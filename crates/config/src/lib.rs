@@ -3,8 +3,9 @@
 //!
 //! Role: the only place that knows the file format (docs/config.md documents it). Two
 //! stages (design.md principle 9): `raw` parses TOML into serde structs that keep byte
-//! spans and refuse unknown keys; `validate` (with `local` and `timeouts`) applies defaults
-//! and bounds and reports each problem at its line. One pass collects every error it can.
+//! spans and refuse unknown keys; `validate` (with `local`, `timeouts`, `defences` and
+//! `admission`) applies defaults and bounds and reports each problem at its line. One pass
+//! collects every error it can.
 //! Must not: bind sockets, create directories, print, or exit; the binary decides what to
 //! do with the diagnostics (`portcullis check-config` prints them and exits 0 or 78).
 //! Files read: the config file (`load_file`) and the `local.users_file` it names, nothing
@@ -12,6 +13,7 @@
 //! Invariants: `Ok` means no `Severity::Error` was found; `Err` holds every diagnostic,
 //! warnings included, sorted by position.
 
+mod admission;
 mod defences;
 mod diagnostic;
 mod local;
@@ -25,9 +27,9 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use model::{
-    AccessConfig, Action, BareLf, Config, DEFAULT_TIMEOUTS, DnsConfig, GreetPauseConfig,
-    LocalConfig, LogConfig, LogDestination, LogFormat, Phase, QueueConfig, ServerConfig,
-    SmtpConfig, Timeouts,
+    AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DnsConfig,
+    GreetPauseConfig, LimitsConfig, LocalConfig, LogConfig, LogDestination, LogFormat,
+    MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig, Timeouts,
 };
 
 use diagnostic::Report;
@@ -351,6 +353,9 @@ users = [\"a\"]
         assert_eq!(loaded.config.greet_pause, GreetPauseConfig::default());
         assert_eq!(loaded.config.access, AccessConfig::default());
         assert_eq!(loaded.config.dns, DnsConfig::default());
+        assert_eq!(loaded.config.rate_control, RateControlConfig::default());
+        assert_eq!(loaded.config.conn_control, ConnControlConfig::default());
+        assert_eq!(loaded.config.limits, LimitsConfig::default());
         assert_eq!(loaded.config.server.hostname, "mx.example.test");
         assert_eq!(loaded.config.origin, EMBEDDED_ORIGIN);
     }

@@ -6,8 +6,10 @@
 //! Invariants (established by `validate`): `listen` is non-empty and duplicate-free;
 //! `domains` is non-empty, lowercase, without trailing dot and duplicate-free; `users`
 //! entries are lowercase local parts; `max_message_bytes > 0`; every timeout, `retry_min`,
-//! `retry_max` and `lifetime` is non-zero. Default values live here, once, as constants;
-//! `default.toml` repeats them for operators and a test keeps the two equal.
+//! `retry_max` and `lifetime` is non-zero; `rate_control.window` is 6 s to 1 h; the client
+//! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000.
+//! Default values live here, once, as constants; `default.toml` repeats them for operators
+//! and a test keeps the two equal.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -28,6 +30,9 @@ pub struct Config {
     pub greet_pause: GreetPauseConfig,
     pub access: AccessConfig,
     pub dns: DnsConfig,
+    pub rate_control: RateControlConfig,
+    pub conn_control: ConnControlConfig,
+    pub limits: LimitsConfig,
 }
 
 /// What a defence does with a finding (design.md principle 4).
@@ -36,7 +41,8 @@ pub enum Action {
     /// Sendmail's behaviour.
     #[default]
     Enforce,
-    /// Reply once and close the connection.
+    /// Close the connection. What the client hears first is the defence's to say:
+    /// `greet_pause` sends its 554; `rate_control` and `conn_control` send nothing.
     Drop,
     /// Log only; the session goes on as if nothing happened.
     Ignore,
@@ -111,6 +117,104 @@ impl Default for DnsConfig {
             reverse: true,
             servers: Vec::new(),
             timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[rate_control]`: Sendmail's `FEATURE(ratecontrol)`. The per-client limits are the
+/// `ClientRate:` entries of the access map; this section says how they are counted and
+/// enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateControlConfig {
+    /// Sendmail's `ConnectionRateWindowSize`, 6 s to 1 h. Connections are counted in 6
+    /// buckets of `window / 6` aligned to the clock, as Sendmail does.
+    pub window: Duration,
+    /// With `Action::Enforce`: true answers `421 4.3.2` in place of the greeting and
+    /// closes; false sends the greeting, then `452 4.3.2` to MAIL, RCPT and DATA.
+    pub terminate: bool,
+    /// `Drop` closes without any reply; `Ignore` only logs.
+    pub action: Action,
+}
+
+impl Default for RateControlConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            terminate: true,
+            action: Action::Enforce,
+        }
+    }
+}
+
+/// `[conn_control]`: Sendmail's `FEATURE(conncontrol)`. The per-client limits are the
+/// `ClientConn:` entries of the access map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnControlConfig {
+    /// As `RateControlConfig::terminate`.
+    pub terminate: bool,
+    /// `Drop` closes without any reply; `Ignore` only logs.
+    pub action: Action,
+}
+
+impl Default for ConnControlConfig {
+    fn default() -> Self {
+        Self {
+            terminate: true,
+            action: Action::Enforce,
+        }
+    }
+}
+
+/// `[limits]`: how clients are grouped for counting, and the server-wide admission limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// IPv4 clients are counted by this prefix length, 0 to 32 (32 = each address).
+    pub client_ipv4_prefix: u8,
+    /// IPv6 clients are counted by this prefix length, 0 to 128 (64 = each subnet, since
+    /// one holder of a /64 can use any of its 2^64 addresses).
+    pub client_ipv6_prefix: u8,
+    /// Bound of the per-client counter table, 1 to 10,000,000; the entries idle the
+    /// longest are forgotten first.
+    pub max_tracked_clients: usize,
+    /// Sendmail's `ConnectionRateThrottle`: at most this many new connections per second,
+    /// all clients together; the excess waits (it is never refused). 0 = off.
+    pub connection_rate_throttle: u32,
+    /// Sendmail's `MaxDaemonChildren`: sessions at once; 0 = unlimited.
+    pub max_sessions: u32,
+    /// What happens once `max_sessions` sessions are open.
+    pub max_sessions_action: MaxSessionsAction,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            client_ipv4_prefix: 32,
+            client_ipv6_prefix: 64,
+            max_tracked_clients: 100_000,
+            connection_rate_throttle: 0,
+            max_sessions: 0,
+            max_sessions_action: MaxSessionsAction::Wait,
+        }
+    }
+}
+
+/// `limits.max_sessions_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MaxSessionsAction {
+    /// Stop accepting: new clients wait in the kernel's listen backlog.
+    #[default]
+    Wait,
+    /// Accept, answer `421 4.3.2 <hostname> Too many concurrent SMTP connections; please
+    /// try again later`, and close.
+    Refuse,
+}
+
+impl MaxSessionsAction {
+    /// The name in the configuration and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wait => "wait",
+            Self::Refuse => "refuse",
         }
     }
 }

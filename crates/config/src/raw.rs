@@ -45,6 +45,12 @@ pub(crate) struct RawConfig {
     pub(crate) access: RawAccess,
     #[serde(default)]
     pub(crate) dns: RawDns,
+    #[serde(default)]
+    pub(crate) rate_control: RawRateControl,
+    #[serde(default)]
+    pub(crate) conn_control: RawConnControl,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +84,41 @@ pub(crate) struct RawDns {
     pub(crate) reverse: Option<Spanned<bool>>,
     pub(crate) servers: TextList,
     pub(crate) timeout: Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [rate_control] table")]
+pub(crate) struct RawRateControl {
+    pub(crate) window: Text,
+    pub(crate) terminate: Option<Spanned<bool>>,
+    pub(crate) action: Option<Spanned<RawAction>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [conn_control] table")]
+pub(crate) struct RawConnControl {
+    pub(crate) terminate: Option<Spanned<bool>>,
+    pub(crate) action: Option<Spanned<RawAction>>,
+}
+
+/// Integers are read as u64 whatever their model type, so an out-of-range value gets
+/// `validate`'s message naming the range rather than serde's "expected u8".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [limits] table")]
+pub(crate) struct RawLimits {
+    pub(crate) client_ipv4_prefix: Option<Spanned<u64>>,
+    pub(crate) client_ipv6_prefix: Option<Spanned<u64>>,
+    pub(crate) max_tracked_clients: Option<Spanned<u64>>,
+    pub(crate) connection_rate_throttle: Option<Spanned<u64>>,
+    pub(crate) max_sessions: Option<Spanned<u64>>,
+    pub(crate) max_sessions_action: Option<Spanned<RawMaxSessionsAction>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawMaxSessionsAction {
+    Wait,
+    Refuse,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,7 +214,7 @@ pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
 }
 
 /// The sections of the file, i.e. the fields of `RawConfig`.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "smtp",
     "local",
@@ -183,6 +224,9 @@ const SECTIONS: [&str; 9] = [
     "greet_pause",
     "access",
     "dns",
+    "rate_control",
+    "conn_control",
+    "limits",
 ];
 
 /// A section given as something other than a table (`server = 5`, or `[[server]]`) is
@@ -342,6 +386,23 @@ mod tests {
             (
                 "[server]\nmax_message_bytes = -1\n",
                 &[(2, "`server.max_message_bytes`: invalid value")],
+            ),
+            (
+                "[rate_control]\nwindow = 60\n[limits]\nmax_sessions_action = \"block\"\n\
+                 max_sessions = \"8\"\n[conn_control]\nterminate = \"yes\"\n",
+                &[
+                    (2, "`rate_control.window`: invalid type: integer"),
+                    (4, "`limits.max_sessions_action`: unknown variant `block`"),
+                    (5, "`limits.max_sessions`: invalid type: string"),
+                    (7, "`conn_control.terminate`: invalid type: string"),
+                ],
+            ),
+            (
+                "[limits]\nclient_ipv6_prefix = -64\nmax_children = 5\n",
+                &[
+                    (2, "`limits.client_ipv6_prefix`: invalid value"),
+                    (3, "`limits.max_children`: unknown field `max_children`"),
+                ],
             ),
         ];
         for &(src, expected) in table {

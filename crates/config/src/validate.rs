@@ -25,7 +25,7 @@ use crate::raw::{
     RawBareLf, RawConfig, RawLog, RawLogDestination, RawLogFormat, RawQueue, RawServer, RawSmtp,
     Text, TextList,
 };
-use crate::{defences, local, timeouts};
+use crate::{admission, defences, local, timeouts};
 
 /// Where the machine's host name comes from; a parameter so tests need not depend on the
 /// name of the machine they run on.
@@ -50,6 +50,9 @@ pub(crate) fn config(
         greet_pause: defences::greet_pause(&raw.greet_pause, report),
         access: defences::access(&raw.access, report),
         dns: defences::dns(&raw.dns, report),
+        rate_control: admission::rate_control(&raw.rate_control, report),
+        conn_control: admission::conn_control(&raw.conn_control),
+        limits: admission::limits(&raw.limits, report),
     }
 }
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_config::{
-    BareLf, Diagnostic, LogDestination, LogFormat, Severity, embedded_default, load_file, load_str,
+    Action, BareLf, ConnControlConfig, Diagnostic, LimitsConfig, LogDestination, LogFormat,
+    MaxSessionsAction, RateControlConfig, Severity, embedded_default, load_file, load_str,
 };
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -326,4 +327,314 @@ fn defence_sections_report_bad_values_at_their_lines() {
     );
     let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![2, 3, 5, 7, 8], "{diags:#?}");
+}
+
+/// Appended after the section under test, so that section's line numbers are the ones
+/// written in the test, and nothing else in the file warns.
+const QUIET_TAIL: &str = "\n[server]\nhostname = \"mx.example.test\"\n[local]\nusers = [\"a\"]\n";
+
+#[test]
+fn admission_sections_default_when_absent() {
+    let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        c.rate_control,
+        RateControlConfig {
+            window: MINUTE,
+            terminate: true,
+            action: Action::Enforce,
+        }
+    );
+    assert_eq!(
+        c.conn_control,
+        ConnControlConfig {
+            terminate: true,
+            action: Action::Enforce,
+        }
+    );
+    assert_eq!(
+        c.limits,
+        LimitsConfig {
+            client_ipv4_prefix: 32,
+            client_ipv6_prefix: 64,
+            max_tracked_clients: 100_000,
+            connection_rate_throttle: 0,
+            max_sessions: 0,
+            max_sessions_action: MaxSessionsAction::Wait,
+        }
+    );
+    assert_eq!(c.rate_control, RateControlConfig::default());
+    assert_eq!(c.conn_control, ConnControlConfig::default());
+    assert_eq!(c.limits, LimitsConfig::default());
+    // The embedded default.toml writes the same values out.
+    let embedded = embedded_default().unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(embedded.config.rate_control, c.rate_control);
+    assert_eq!(embedded.config.conn_control, c.conn_control);
+    assert_eq!(embedded.config.limits, c.limits);
+    assert_eq!(MaxSessionsAction::Wait.name(), "wait");
+    assert_eq!(MaxSessionsAction::Refuse.name(), "refuse");
+}
+
+#[test]
+fn admission_sections_round_trip() {
+    let src = format!(
+        "[rate_control]\nwindow = \"12s\"\nterminate = false\naction = \"drop\"\n\
+         [conn_control]\nterminate = false\naction = \"ignore\"\n\
+         [limits]\nclient_ipv4_prefix = 24\nclient_ipv6_prefix = 48\n\
+         max_tracked_clients = 5000\nconnection_rate_throttle = 2\nmax_sessions = 200\n\
+         max_sessions_action = \"refuse\"\n{QUIET_TAIL}"
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        c.rate_control,
+        RateControlConfig {
+            window: Duration::from_secs(12),
+            terminate: false,
+            action: Action::Drop,
+        }
+    );
+    assert_eq!(
+        c.conn_control,
+        ConnControlConfig {
+            terminate: false,
+            action: Action::Ignore,
+        }
+    );
+    assert_eq!(
+        c.limits,
+        LimitsConfig {
+            client_ipv4_prefix: 24,
+            client_ipv6_prefix: 48,
+            max_tracked_clients: 5000,
+            connection_rate_throttle: 2,
+            max_sessions: 200,
+            max_sessions_action: MaxSessionsAction::Refuse,
+        }
+    );
+}
+
+#[test]
+fn admission_bounds_are_inclusive() {
+    // (section text, check on the loaded config): each loads without any diagnostic.
+    type Check = fn(&portcullis_config::Config) -> bool;
+    let table: &[(&str, Check)] = &[
+        ("[rate_control]\nwindow = \"6s\"\n", |c| {
+            c.rate_control.window == Duration::from_secs(6)
+        }),
+        ("[rate_control]\nwindow = \"1h\"\n", |c| {
+            c.rate_control.window == 60 * MINUTE
+        }),
+        ("[limits]\nclient_ipv4_prefix = 1\n", |c| {
+            c.limits.client_ipv4_prefix == 1
+        }),
+        ("[limits]\nclient_ipv6_prefix = 128\n", |c| {
+            c.limits.client_ipv6_prefix == 128
+        }),
+        ("[limits]\nmax_tracked_clients = 1\n", |c| {
+            c.limits.max_tracked_clients == 1
+        }),
+        ("[limits]\nmax_tracked_clients = 10000000\n", |c| {
+            c.limits.max_tracked_clients == 10_000_000
+        }),
+        ("[limits]\nmax_sessions = 10\n", |c| {
+            c.limits.max_sessions == 10
+        }),
+        ("[limits]\nconnection_rate_throttle = 4294967295\n", |c| {
+            c.limits.connection_rate_throttle == u32::MAX
+        }),
+    ];
+    for &(section, check) in table {
+        let src = format!("{section}{QUIET_TAIL}");
+        let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{section:?}: {d:#?}"));
+        assert!(
+            loaded.warnings.is_empty(),
+            "{section:?}: {:#?}",
+            loaded.warnings
+        );
+        assert!(check(&loaded.config), "{section:?}: {:?}", loaded.config);
+    }
+}
+
+#[test]
+fn admission_bad_values_at_their_lines() {
+    // (section text, line, message fragment): exactly one error each.
+    let table: &[(&str, usize, &str)] = &[
+        (
+            "[rate_control]\nterminate = true\nwindow = \"5s\"\n",
+            3,
+            "`rate_control.window` = 5s is out of range: it must be between 6s and 1h; \
+             connections are counted in 6 clock-aligned buckets of window/6",
+        ),
+        (
+            "[rate_control]\nwindow = \"0s\"\n",
+            2,
+            "`rate_control.window` = 0s is out of range",
+        ),
+        (
+            "[rate_control]\nwindow = \"61m\"\n",
+            2,
+            "`rate_control.window` = 1h 1m is out of range",
+        ),
+        (
+            "[rate_control]\nwindow = \"a minute\"\n",
+            2,
+            "`rate_control.window`: \"a minute\" is not a duration",
+        ),
+        (
+            "[rate_control]\naction = \"tarpit\"\n",
+            2,
+            "`rate_control.action`: unknown variant `tarpit`",
+        ),
+        (
+            "[conn_control]\naction = \"reject\"\n",
+            2,
+            "`conn_control.action`: unknown variant `reject`",
+        ),
+        (
+            "[conn_control]\nwindow = \"60s\"\n",
+            2,
+            "`conn_control.window`: unknown field `window`",
+        ),
+        (
+            "[limits]\nclient_ipv4_prefix = 33\n",
+            2,
+            "`limits.client_ipv4_prefix` must be between 0 and 32, not 33",
+        ),
+        (
+            "[limits]\n\nclient_ipv6_prefix = 129\n",
+            3,
+            "`limits.client_ipv6_prefix` must be between 0 and 128, not 129",
+        ),
+        (
+            "[limits]\nmax_tracked_clients = 0\n",
+            2,
+            "`limits.max_tracked_clients` must be between 1 and 10000000, not 0",
+        ),
+        (
+            "[limits]\nmax_tracked_clients = 10000001\n",
+            2,
+            "`limits.max_tracked_clients` must be between 1 and 10000000, not 10000001",
+        ),
+        (
+            "[limits]\nconnection_rate_throttle = 4294967296\n",
+            2,
+            "`limits.connection_rate_throttle` must be between 0 and 4294967295, not 4294967296",
+        ),
+        (
+            "[limits]\nmax_sessions = 4294967296\n",
+            2,
+            "`limits.max_sessions` must be between 0 and 4294967295, not 4294967296",
+        ),
+        (
+            "[limits]\nmax_sessions = -1\n",
+            2,
+            "`limits.max_sessions`: invalid value",
+        ),
+        (
+            "[limits]\nmax_sessions_action = \"block\"\n",
+            2,
+            "`limits.max_sessions_action`: unknown variant `block`",
+        ),
+    ];
+    for &(section, line, fragment) in table {
+        let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
+        let errs = errors(&diags);
+        assert_eq!(errs.len(), 1, "{section:?}: {diags:#?}");
+        assert_eq!(errs[0].line, line, "{section:?}: {}", errs[0]);
+        assert!(
+            errs[0].message.contains(fragment),
+            "{section:?}: {:?} !~ {fragment:?}",
+            errs[0].message
+        );
+    }
+}
+
+#[test]
+fn admission_errors_all_reported_in_one_pass() {
+    let diags = expect_err(
+        "[rate_control]\nwindow = \"2h\"\n\
+         [limits]\nclient_ipv4_prefix = 40\nclient_ipv6_prefix = 200\n\
+         max_tracked_clients = 0\nmax_sessions_action = \"later\"\n",
+    );
+    let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 4, 5, 6, 7], "{diags:#?}");
+    assert_eq!(
+        errors(&diags)[1].to_string(),
+        "p.toml:4:22: error: `limits.client_ipv4_prefix` must be between 0 and 32, not 40"
+    );
+}
+
+#[test]
+fn admission_warnings_at_their_lines() {
+    // (section text, expected (line, message fragment) list)
+    let table: &[(&str, &[(usize, &str)])] = &[
+        (
+            "[limits]\nclient_ipv4_prefix = 0\n",
+            &[(
+                2,
+                "`limits.client_ipv4_prefix` = 0 counts every IPv4 client as one",
+            )],
+        ),
+        (
+            "[limits]\nmax_sessions = 3\nclient_ipv6_prefix = 0\n",
+            &[
+                (
+                    2,
+                    "`limits.max_sessions` = 3 allows only 3 SMTP session(s) at once",
+                ),
+                (
+                    3,
+                    "`limits.client_ipv6_prefix` = 0 counts every IPv6 client as one",
+                ),
+            ],
+        ),
+        (
+            "[limits]\nmax_sessions = 1\n",
+            &[(2, "`limits.max_sessions` = 1")],
+        ),
+        (
+            "[limits]\nmax_sessions = 0\nmax_sessions_action = \"refuse\"\n",
+            &[],
+        ),
+    ];
+    for &(section, expected) in table {
+        let loaded = load_str(&format!("{section}{QUIET_TAIL}"), "p.toml")
+            .unwrap_or_else(|d| panic!("{section:?}: {d:#?}"));
+        let got = &loaded.warnings;
+        assert_eq!(got.len(), expected.len(), "{section:?}: {got:#?}");
+        for (warning, &(line, fragment)) in got.iter().zip(expected) {
+            assert_eq!(warning.line, line, "{section:?}: {warning}");
+            assert!(
+                warning.message.contains(fragment),
+                "{section:?}: {:?} !~ {fragment:?}",
+                warning.message
+            );
+        }
+    }
+}
+
+/// docs/config.md shows default.toml under "The built-in default"; the values must agree
+/// (comments may differ).
+#[test]
+fn docs_show_the_embedded_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let docs = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let block = docs
+        .split_once("## The built-in default")
+        .and_then(|(_, section)| section.split_once("```toml\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .unwrap_or_else(|| panic!("no ```toml block under \"## The built-in default\""));
+    let shown: toml::Table = block.parse().unwrap_or_else(|e| panic!("docs block: {e}"));
+    let embedded: toml::Table = portcullis_config::DEFAULT_CONFIG
+        .parse()
+        .unwrap_or_else(|e| panic!("default.toml: {e}"));
+    assert_eq!(
+        shown, embedded,
+        "docs/config.md is out of date with default.toml"
+    );
 }

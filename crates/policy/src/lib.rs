@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod admission;
+pub mod anvil;
 pub mod greet_pause;
 pub mod recipients;
 

@@ -10,8 +10,9 @@
 //! paused time.
 //!
 //! Memory: a connection in the greeting pause has no task and no read buffer (see
-//! [`crate::hold`]); the dialogue's task starts when the pause is over. An idle session holds a 1 KiB read buffer; the buffer doubles (to
-//! 64 KiB) only while reads keep filling it (message data) and shrinks back when they stop.
+//! [`crate::hold`]); the dialogue's task starts when the pause is over. An idle session holds
+//! a 1 KiB read buffer; the buffer doubles (to 64 KiB) only while reads keep filling it
+//! (message data) and shrinks back when they stop.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -141,6 +141,11 @@ where
         mut wait,
         mut dns,
     } = pausing;
+    if dns.is_none() && wait.naming() {
+        // The lookup was lost on the way here (the holder let the connection go): as if it
+        // had failed, rather than wait for an answer that cannot come.
+        wait.named(&ClientName::TempFail, &rt, peer);
+    }
     let mut one = [0u8; 1];
     let admitted = loop {
         if let Some(opening) = wait.ready() {

@@ -1,4 +1,4 @@
-//! The pause holder: every connection in its greeting pause, held by one task.
+//! The pause holder: every connection in its greeting pause, held by one thread.
 //!
 //! Role: a paused connection only waits: for its deadline, its first byte or FIN, its name,
 //! or shutdown. A tokio task per paused connection costs the task's cell and the socket's
@@ -81,6 +81,8 @@ struct Held {
     /// The runtime the connection started with.
     rt: Arc<Runtime>,
     wait: Wait,
+    /// The name lookup's task, while it runs (aborted if the connection leaves first).
+    lookup: Option<tokio::task::AbortHandle>,
 }
 
 impl Holder {
@@ -177,6 +179,7 @@ impl Holder {
             peer,
             rt,
             wait,
+            lookup: None,
         };
         if let Err(mpsc::error::SendError(Msg::Hold(held, dns))) =
             self.send(Msg::Hold(held, dns)).await
@@ -199,7 +202,11 @@ impl Holder {
             peer,
             rt,
             wait,
+            lookup,
         } = held;
+        if let Some(lookup) = lookup {
+            lookup.abort();
+        }
         let admitted = finish(wait);
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => self.start_dialogue(rt, stream, peer, admitted),
@@ -226,16 +233,18 @@ impl Holder {
 
     /// A held connection the holder cannot keep (its inbox closed at shutdown, or the epoll
     /// set refused the socket) waits on as a task of its own.
+    /// A lookup already running as a task answers the holder, which has let the connection
+    /// go: it is aborted, and the pause goes on as if the lookup had failed.
     fn fallback(&self, held: Held, dns: Option<LookupFuture>) {
         let Held {
             stream,
             peer,
             rt,
-            mut wait,
+            wait,
+            lookup,
         } = held;
-        if dns.is_none() && wait.naming() {
-            // Its lookup answers the holder, which has let it go: as if the lookup failed.
-            wait.named(&ClientName::TempFail, &rt, peer);
+        if let Some(lookup) = lookup {
+            lookup.abort();
         }
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => self.wait_alone(Pausing {
@@ -293,11 +302,16 @@ fn token(serial: u32, index: usize) -> u64 {
 impl<T> Table<T> {
     fn insert(&mut self, serial: u32, item: T) -> u64 {
         let index = match self.free.pop() {
-            Some(i) => {
-                let i = i as usize;
-                self.slots[i] = Some((serial, item));
-                i
-            }
+            Some(i) => match self.slots.get_mut(i as usize) {
+                Some(slot) => {
+                    *slot = Some((serial, item));
+                    i as usize
+                }
+                None => {
+                    self.slots.push(Some((serial, item)));
+                    self.slots.len() - 1
+                }
+            },
             None => {
                 self.slots.push(Some((serial, item)));
                 self.slots.len() - 1
@@ -331,8 +345,21 @@ impl<T> Table<T> {
             // After a flood, give the memory back.
             self.slots = Vec::new();
             self.free = Vec::new();
-        } else if let Ok(index) = u32::try_from(index) {
+            return Some(item);
+        }
+        if let Ok(index) = u32::try_from(index) {
             self.free.push(index);
+        }
+        if self.live * 4 < self.slots.len() {
+            // Mostly empty: drop the free slots at the end (a straggler at the front still
+            // keeps its own), at a cost paid once per shrink, not per removal.
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
+            }
+            let len = self.slots.len();
+            self.free.retain(|&i| (i as usize) < len);
+            self.slots.shrink_to(len * 2);
+            self.free.shrink_to(len);
         }
         Some(item)
     }
@@ -368,42 +395,66 @@ struct Task {
 impl Task {
     fn run(mut self, mut inbox: mpsc::Receiver<Msg>) {
         let mut events = vec![EpollEvent::empty(); EVENTS];
-        while !self.holder.shutdown.is_cancelled() {
-            let n = match self.epoll.wait(&mut events, self.timeout()) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => 0,
-                Err(e) => {
-                    let error = format!("the greeting pause's epoll set failed: {e}");
-                    self.holder
-                        .shared
-                        .telemetry
-                        .emit(Event::AcceptFailed { error: &error });
+        let mut failed = false;
+        'run: while !self.holder.shutdown.is_cancelled() {
+            let mut timeout = self.timeout();
+            // Every ready socket is read before any deadline is judged: a byte that came
+            // before its deadline makes a talker, however late this thread gets to it.
+            loop {
+                let n = match self.epoll.wait(&mut events, timeout) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => continue 'run,
+                    Err(e) => {
+                        let error = format!("the greeting pause's epoll set failed: {e}");
+                        self.holder
+                            .shared
+                            .telemetry
+                            .emit(Event::AcceptFailed { error: &error });
+                        failed = true;
+                        break 'run;
+                    }
+                };
+                for event in events.iter().take(n) {
+                    match event.data() {
+                        BELL => {
+                            let _ = self.holder.bell.read();
+                            while let Ok(msg) = inbox.try_recv() {
+                                self.take(msg);
+                            }
+                        }
+                        token => self.readable(token),
+                    }
+                }
+                if n < events.len() {
                     break;
                 }
-            };
-            for event in &events[..n] {
-                match event.data() {
-                    BELL => {
-                        let _ = self.holder.bell.read();
-                        while let Ok(msg) = inbox.try_recv() {
-                            self.take(msg);
-                        }
-                    }
-                    token => self.readable(token),
-                }
+                timeout = EpollTimeout::ZERO;
             }
             self.expire();
         }
         // Shutdown: every held connection, and every one still on its way here, gets the
         // shutdown reply; later arrivals find the inbox closed and run their pause alone.
+        // (After a failure of the epoll set, each goes on as a task of its own instead.)
         inbox.close();
-        for held in self.table.drain() {
+        for mut held in self.table.drain() {
             let _ = self.epoll.delete(&held.stream);
-            self.holder.release(held, |w| w.finish(Opening::Shutdown));
-        }
-        while let Ok(msg) = inbox.try_recv() {
-            if let Msg::Hold(held, _) = msg {
+            if failed {
+                if let Some(lookup) = held.lookup.take() {
+                    lookup.abort();
+                }
+                self.holder.fallback(held, None);
+            } else {
                 self.holder.release(held, |w| w.finish(Opening::Shutdown));
+            }
+        }
+        // Until every sender that had room has sent (try_recv would stop early).
+        while let Some(msg) = inbox.blocking_recv() {
+            if let Msg::Hold(held, dns) = msg {
+                if failed {
+                    self.holder.fallback(held, dns);
+                } else {
+                    self.holder.release(held, |w| w.finish(Opening::Shutdown));
+                }
             }
         }
     }
@@ -414,7 +465,7 @@ impl Task {
             return EpollTimeout::NONE;
         };
         let left = at.saturating_duration_since(clock::now());
-        let ms = left.as_micros().div_ceil(1000);
+        let ms = left.as_nanos().div_ceil(1_000_000);
         EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
     }
 
@@ -432,15 +483,19 @@ impl Task {
                 }
                 if let Some(lookup) = lookup {
                     let holder = self.holder.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         let name = lookup.await;
                         let _ = holder.send(Msg::Named { token, name }).await;
                     });
+                    if let Some(held) = self.table.get_mut(token) {
+                        held.lookup = Some(task.abort_handle());
+                    }
                 }
                 self.settle(token);
             }
             Msg::Named { token, name } => {
                 if let Some(held) = self.table.get_mut(token) {
+                    held.lookup = None;
                     held.wait.named(&name, &held.rt, held.peer);
                     self.settle(token);
                 }
@@ -480,14 +535,27 @@ impl Task {
 
     /// The epoll set says `token`'s socket has a byte, a FIN or an error.
     fn readable(&mut self, token: u64) {
-        let Some(held) = self.table.get_mut(token) else {
-            return;
-        };
+        // Re-arming an fd already in the set fails only if the kernel is out of memory: the
+        // connection then waits on as a task of its own.
+        if self.try_byte(token) == Some(false)
+            && !self.arm(token, false)
+            && let Some(held) = self.table.remove(token)
+        {
+            let _ = self.epoll.delete(&held.stream);
+            self.holder.fallback(held, None);
+        }
+    }
+
+    /// Reads the client's first byte if there is one. Some(true): the connection has moved on
+    /// (it talked, closed or failed); Some(false): nothing to read yet; None: not held.
+    fn try_byte(&mut self, token: u64) -> Option<bool> {
+        let held = self.table.get_mut(token)?;
         let mut one = [0u8; 1];
         match (&held.stream).read(&mut one) {
             Ok(1..) => {
                 held.wait.byte(one[0], clock::now());
                 self.settle(token);
+                Some(true)
             }
             Err(e)
                 if matches!(
@@ -495,17 +563,13 @@ impl Task {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) =>
             {
-                if !self.arm(token, false) {
-                    // Re-arming an fd already in the set fails only if the kernel is out of
-                    // memory: the connection waits on as a task of its own.
-                    if let Some(held) = self.table.remove(token) {
-                        let _ = self.epoll.delete(&held.stream);
-                        self.holder.fallback(held, None);
-                    }
-                }
+                Some(false)
             }
             // A FIN (not traffic: the session sees end of input) or a reset.
-            Ok(0) | Err(_) => self.release(token, |w| w.finish(Opening::Closed)),
+            Ok(0) | Err(_) => {
+                self.release(token, |w| w.finish(Opening::Closed));
+                Some(true)
+            }
         }
     }
 
@@ -534,12 +598,18 @@ impl Task {
         }
     }
 
+    /// The deadline has passed. A byte that is waiting unread arrived before it (this
+    /// thread was late, or its events not yet fetched): the client talked.
     fn release_expired(&mut self, token: u64) {
-        let shared = self.holder.shared.clone();
-        let peer = self.table.get(token).map(|h| h.peer);
-        if let Some(peer) = peer {
-            self.release(token, |w| w.expire(&shared, peer));
+        let Some(held) = self.table.get(token) else {
+            return;
+        };
+        let peer = held.peer;
+        if held.wait.wants_byte() && self.try_byte(token) != Some(false) {
+            return;
         }
+        let shared = self.holder.shared.clone();
+        self.release(token, |w| w.expire(&shared, peer));
     }
 
     fn release(&mut self, token: u64, finish: impl FnOnce(Wait) -> Admitted) {
@@ -589,6 +659,22 @@ mod tests {
         let fresh = t.insert(5000, 1);
         assert_eq!(t.get(tokens[0]), None);
         assert_eq!(t.get(fresh), Some(&1));
+    }
+
+    #[test]
+    fn a_straggler_does_not_keep_a_flood_s_slots() {
+        let mut t = Table::default();
+        let tokens: Vec<_> = (0..1000).map(|i| t.insert(i, i)).collect();
+        for tok in &tokens[1..] {
+            t.remove(*tok);
+        }
+        assert_eq!(t.live, 1);
+        assert!(t.slots.len() <= 4, "{} slots kept", t.slots.len());
+        assert!(t.free.iter().all(|&i| (i as usize) < t.slots.len()));
+        assert_eq!(t.get(tokens[0]), Some(&0));
+        // Reuse after the shrink.
+        let next = t.insert(2000, 7);
+        assert_eq!(t.get(next), Some(&7));
     }
 
     #[test]

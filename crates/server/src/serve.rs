@@ -188,7 +188,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });
         }
-        tokio::spawn(accept_loop(
+        // Tracked: a connection accepted as shutdown begins is answered before the exit.
+        sessions.spawn(accept_loop(
             shared.clone(),
             listener,
             holder.clone(),
@@ -298,6 +299,7 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };

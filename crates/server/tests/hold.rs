@@ -211,3 +211,30 @@ fn a_remembered_client_skips_the_pause_but_not_its_name_lookup() {
     }
     drop(rt);
 }
+
+#[test]
+fn talkers_are_caught_even_when_the_server_gets_to_them_after_their_deadline() {
+    // The server is stopped (SIGSTOP) while the clients talk, and resumed after their
+    // deadline: their bytes came before it, so each is a talker, not a patient client.
+    const N: usize = 200;
+    let server = Server::start("[greet_pause]\ndefault = \"1s\"\n");
+    let mut clients: Vec<Smtp> = (0..N)
+        .map(|i| Smtp::connect_from(server.addr(), local(1 + (i % 4) as u8)))
+        .collect();
+    assert!(clients[N - 1].is_silent_for(Duration::from_millis(200)));
+    server.signal(Signal::SIGSTOP);
+    for client in &mut clients {
+        client.send_raw(b"EHLO early.example\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    server.signal(Signal::SIGCONT);
+    for (i, client) in clients.iter_mut().enumerate() {
+        let (code, text) = client.read_reply();
+        assert_eq!(
+            (code, text.as_str()),
+            (554, "mx.example.test ESMTP not accepting messages"),
+            "client {i}"
+        );
+    }
+    assert!(server.wait_log_count("due to pre-greeting traffic", N, Duration::from_secs(10)));
+}

@@ -28,6 +28,15 @@ pub fn unix_secs() -> i64 {
     wall().as_second()
 }
 
+/// Seconds since the Unix epoch on the monotonic clock: the wall time read once, advanced by
+/// [`now`]. For counters aligned to epoch seconds (Sendmail's rate buckets): they follow
+/// paused tokio time in tests, and a wall-clock step does not disturb them.
+pub fn epoch_secs() -> u64 {
+    static BASE: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
+    let (secs, at) = *BASE.get_or_init(|| (u64::try_from(unix_secs()).unwrap_or(0), now()));
+    secs + now().saturating_duration_since(at).as_secs()
+}
+
 /// RFC 5322 date, as in the greeting and Received: (`Sat, 21 Nov 2026 11:46:10 +0000`).
 pub fn rfc5322(t: jiff::Timestamp) -> String {
     t.strftime("%a, %d %b %Y %H:%M:%S +0000").to_string()

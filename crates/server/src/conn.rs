@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Ticket;
 use crate::clock;
 use crate::greet::{self, Admitted, Opening, Paused};
 use crate::state::{Runtime, Shared};
@@ -73,6 +74,7 @@ where
         peer,
         shutdown,
         mut admitted,
+        ticket,
     } = paused;
     // Sendmail dates the greeting with the connection time, however long the pause.
     let waited = clock::now().saturating_duration_since(admitted.pause.started());
@@ -91,8 +93,11 @@ where
         pending: None,
         relay,
         quiet_end: false,
+        _ticket: ticket,
     };
-    let mut session = driver.open(client, connected_at, &admitted, &buf[..input]);
+    let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
+        return; // Dropped by admission: not a word.
+    };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown_seen = false;
     loop {
@@ -186,8 +191,11 @@ struct Driver {
     pending: Option<Pending>,
     /// `name [addr]` for logs.
     relay: String,
-    /// No "did not issue MAIL" line at the end (dropped talker, shutdown in the pause).
+    /// No "did not issue MAIL" line at the end (dropped talker, shutdown in the pause,
+    /// refused by admission).
     quiet_end: bool,
+    /// The connection's place in the admission counts, held until the session ends.
+    _ticket: Ticket,
 }
 
 impl Driver {
@@ -199,17 +207,28 @@ impl Driver {
         connected_at: jiff::Timestamp,
         admitted: &Admitted,
         input: &[u8],
-    ) -> Session {
+    ) -> Option<Session> {
         let cfg = self.rt.session.clone();
         let now = clock::now();
         // Sendmail dates the greeting with the connection time, however long the pause.
         let date = clock::rfc5322(connected_at);
-        match admitted.opening {
+        let session = match admitted.opening {
+            Opening::Dropped => return None,
             Opening::Greet { .. } => {
                 let mut session = Session::new(cfg, client, &date, now);
+                if let Some(refusal) = admitted.restrict {
+                    // Sendmail's null-server mode for a client over its limit.
+                    session.reject_commands(refusal.reply(false));
+                }
                 if !input.is_empty() {
                     session.handle_input(input, now);
                 }
+                session
+            }
+            Opening::Refused(ref reply) => {
+                self.quiet_end = true;
+                let mut session = Session::with_greeting(cfg, client, reply, now);
+                session.close_now();
                 session
             }
             Opening::Closed => {
@@ -250,7 +269,8 @@ impl Driver {
                     }
                 }
             }
-        }
+        };
+        Some(session)
     }
 
     fn log_pregreet(&self, pregreet: &Pregreet, action: Action, entry: Option<&str>) {

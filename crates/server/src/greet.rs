@@ -29,12 +29,16 @@ use portcullis_smtp::pregreet::GreetPause;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
+use portcullis_policy::admission::Refusal;
+use portcullis_smtp::Reply;
+
+use crate::admission::{self, Entry, Ticket};
 use crate::clock;
 use crate::dns::{ClientName, LookupFuture};
 use crate::state::{Runtime, Shared};
 
 /// How the session opens.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Opening {
     /// The normal greeting; `first` is a byte that arrived while no pause applied (the
     /// client's name chose "no pause" while its lookup was pending).
@@ -46,6 +50,10 @@ pub enum Opening {
     Talked { first: u8, at: Instant },
     /// The server is stopping.
     Shutdown,
+    /// Admission turned the client away: this reply in place of the greeting, then close.
+    Refused(Reply),
+    /// Admission dropped the client: close without a word.
+    Dropped,
 }
 
 /// The pause's outcome plus what was learnt on the way.
@@ -60,6 +68,8 @@ pub struct Admitted {
     /// The access-map line that set the pause; None for `greet_pause.default` or the pass
     /// cache. (A line number, not text: nothing is formatted unless there is a finding.)
     pub entry_line: Option<u32>,
+    /// Admission let the client in but refuses its restricted commands (452).
+    pub restrict: Option<Refusal>,
 }
 
 /// A connection whose pause is over: everything the dialogue needs, moved through the pause
@@ -77,6 +87,8 @@ pub struct Paused<S> {
     pub shutdown: CancellationToken,
     /// The outcome.
     pub admitted: Admitted,
+    /// The connection's place in the admission counts, released when the session ends.
+    pub ticket: Ticket,
 }
 
 /// Runs the pause for `peer`, which connected just now, as one future, and hands the result
@@ -98,8 +110,23 @@ where
     F: FnOnce(Paused<S>) -> R,
 {
     let rt = shared.runtime.load_full();
-    let wait = Wait::new(&shared, &rt, peer, clock::now());
-    let dns = Some(rt.names.lookup(peer));
+    let mut wait = Wait::new(&shared, &rt, peer, clock::now());
+    let (ticket, entry) = admission::check_client(&shared, &rt, peer);
+    let dns = match entry {
+        Entry::Proceed(restrict) => {
+            wait.restrict = restrict;
+            Some(rt.names.lookup(peer))
+        }
+        // No pause, no name: the refusal (or nothing) at once.
+        Entry::Refuse(reply) => {
+            wait.refuse(Opening::Refused(reply));
+            None
+        }
+        Entry::Drop => {
+            wait.refuse(Opening::Dropped);
+            None
+        }
+    };
     drive(
         Pausing {
             shared,
@@ -109,6 +136,7 @@ where
             shutdown,
             wait,
             dns,
+            ticket,
         },
         then,
     )
@@ -124,6 +152,7 @@ pub(crate) struct Pausing<S> {
     pub(crate) wait: Wait,
     /// The name lookup, while it runs.
     pub(crate) dns: Option<LookupFuture>,
+    pub(crate) ticket: Ticket,
 }
 
 /// Drives a pause to its end as one future, then hands the result to `then`.
@@ -140,6 +169,7 @@ where
         shutdown,
         mut wait,
         mut dns,
+        ticket,
     } = pausing;
     if dns.is_none() && wait.naming() {
         // The lookup was lost on the way here (the holder let the connection go): as if it
@@ -172,6 +202,7 @@ where
         peer,
         shutdown,
         admitted,
+        ticket,
     })
 }
 
@@ -191,6 +222,10 @@ pub(crate) struct Wait {
     /// A byte that came before the pause was over, and when. Judged once the name (and so
     /// the pause that applies) is known, as Sendmail resolves the name before it pauses.
     early: Option<(u8, Instant)>,
+    /// Admission's 452 for restricted commands, carried to the session.
+    pub(crate) restrict: Option<Refusal>,
+    /// Decided before any pause (admission refused the client).
+    outcome: Option<Opening>,
 }
 
 impl Wait {
@@ -205,6 +240,8 @@ impl Wait {
             remembered,
             entry_line: None,
             early: None,
+            restrict: None,
+            outcome: None,
         };
         w.decide(rt, peer);
         w
@@ -220,6 +257,14 @@ impl Wait {
         let (length, entry) = pause_for(&rt.access, default, self.name.as_deref(), peer);
         self.entry_line = entry.map(|e| e.line);
         self.pause.set_length(length);
+    }
+
+    /// Ends the pause before it begins, with `opening` (admission's verdict): no pause, no
+    /// name lookup.
+    pub(crate) fn refuse(&mut self, opening: Opening) {
+        self.naming = false;
+        self.pause.set_length(Duration::ZERO);
+        self.outcome = Some(opening);
     }
 
     /// The name lookup answered.
@@ -260,6 +305,9 @@ impl Wait {
     /// How the session opens, when that no longer depends on waiting: the name is known, and
     /// the client talked or no pause applies.
     pub(crate) fn ready(&self) -> Option<Opening> {
+        if let Some(outcome) = &self.outcome {
+            return Some(outcome.clone());
+        }
         if self.naming {
             return None;
         }
@@ -288,6 +336,7 @@ impl Wait {
             opening,
             pause: self.pause,
             entry_line: self.entry_line,
+            restrict: self.restrict,
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{self, Entry, Ticket};
 use crate::clock;
 use crate::conn::dialogue;
 use crate::dns::{ClientName, LookupFuture};
@@ -83,6 +84,7 @@ struct Held {
     wait: Wait,
     /// The name lookup's task, while it runs (aborted if the connection leaves first).
     lookup: Option<tokio::task::AbortHandle>,
+    ticket: Ticket,
 }
 
 impl Holder {
@@ -141,6 +143,16 @@ impl Holder {
         let shared = &self.shared;
         let rt = shared.runtime.load_full();
         let mut wait = Wait::new(shared, &rt, peer, clock::now());
+        let (ticket, entry) = admission::check_client(shared, &rt, peer);
+        let restrict = match entry {
+            Entry::Proceed(restrict) => restrict,
+            Entry::Refuse(reply) => {
+                let admitted = wait.finish(Opening::Refused(reply));
+                return self.start_dialogue(rt, stream, peer, admitted, ticket);
+            }
+            Entry::Drop => return,
+        };
+        wait.restrict = restrict;
         let mut lookup = rt.names.lookup(peer);
         let dns = match lookup
             .as_mut()
@@ -156,7 +168,7 @@ impl Holder {
             && let Some(opening) = wait.ready()
         {
             let admitted = wait.finish(opening);
-            self.start_dialogue(rt, stream, peer, admitted);
+            self.start_dialogue(rt, stream, peer, admitted, ticket);
             return;
         }
         if !wait.pauses() {
@@ -168,6 +180,7 @@ impl Holder {
                 shutdown: self.shutdown.clone(),
                 wait,
                 dns,
+                ticket,
             });
         }
         // Fails only for a socket already gone (reset): nothing to answer.
@@ -180,6 +193,7 @@ impl Holder {
             rt,
             wait,
             lookup: None,
+            ticket,
         };
         if let Err(mpsc::error::SendError(Msg::Hold(held, dns))) =
             self.send(Msg::Hold(held, dns)).await
@@ -203,13 +217,14 @@ impl Holder {
             rt,
             wait,
             lookup,
+            ticket,
         } = held;
         if let Some(lookup) = lookup {
             lookup.abort();
         }
         let admitted = finish(wait);
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.start_dialogue(rt, stream, peer, admitted),
+            Ok(stream) => self.start_dialogue(rt, stream, peer, admitted, ticket),
             Err(e) => self.registration_failed(&e),
         }
     }
@@ -220,6 +235,7 @@ impl Holder {
         stream: tokio::net::TcpStream,
         peer: IpAddr,
         admitted: Admitted,
+        ticket: Ticket,
     ) {
         self.tracker.spawn(dialogue(Paused {
             shared: self.shared.clone(),
@@ -228,6 +244,7 @@ impl Holder {
             peer,
             shutdown: self.shutdown.clone(),
             admitted,
+            ticket,
         }));
     }
 
@@ -242,6 +259,7 @@ impl Holder {
             rt,
             wait,
             lookup,
+            ticket,
         } = held;
         if let Some(lookup) = lookup {
             lookup.abort();
@@ -255,6 +273,7 @@ impl Holder {
                 shutdown: self.shutdown.clone(),
                 wait,
                 dns,
+                ticket,
             }),
             Err(e) => self.registration_failed(&e),
         }

@@ -9,6 +9,7 @@
 //! outside [`clock`].
 
 pub mod access;
+pub mod admission;
 pub mod clock;
 pub mod cmd;
 pub mod conn;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use portcullis_config::{Config, Diagnostic, load_file};
+use portcullis_policy::anvil::MemoryAnvil;
 use portcullis_policy::greet_pause::PassCache;
 use portcullis_spool::{CommitOptions, Committer, QueueId, QueueIdGen, Spool};
 use tokio::net::TcpListener;
@@ -105,6 +106,10 @@ pub fn build_with_names(
         Committer::start(spool.clone(), commit).context("cannot start the spool committer")?;
     let (queue, queue_rx) = QueueHandle::new();
     let gp = config.greet_pause;
+    let anvil = Arc::new(MemoryAnvil::new(
+        config.rate_control.window,
+        config.limits.max_tracked_clients,
+    ));
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::new(config, &access, names)),
         telemetry,
@@ -114,6 +119,7 @@ pub fn build_with_names(
         queue,
         passed: Mutex::new(PassCache::new(gp.pass_ttl, gp.pass_cache_max)),
         reload_lock: Mutex::new(()),
+        anvil,
     });
     Ok(Built {
         shared,

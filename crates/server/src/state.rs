@@ -4,7 +4,7 @@
 //! policy, the access map, the name resolver); it sits in an `ArcSwap` so SIGHUP (or a changed
 //! access file) replaces it atomically while sessions in flight keep the one they started with.
 //! [`Shared`] holds the long-lived handles (telemetry, spool, committer, queue-id generator,
-//! queue runner notifier, the greet-pause pass cache).
+//! queue runner notifier, the greet-pause pass cache, the per-client connection counts).
 //!
 //! Must not: hold locks across awaits; everything here is either immutable or internally
 //! synchronised, and every lock is held for a map operation only.
@@ -18,6 +18,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use portcullis_config::{BareLf, Config};
 use portcullis_policy::access::AccessMap;
+use portcullis_policy::anvil::MemoryAnvil;
 use portcullis_policy::greet_pause::PassCache;
 use portcullis_policy::{LocalRecipients, Policy};
 use portcullis_smtp::{BareLineEndings, SessionConfig};
@@ -111,6 +112,8 @@ pub struct Shared {
     pub passed: Mutex<PassCache>,
     /// Serialises the two ways the runtime is replaced (SIGHUP, access file change).
     pub reload_lock: Mutex<()>,
+    /// Per-client connection counts (rate and concurrency).
+    pub anvil: Arc<MemoryAnvil>,
 }
 
 impl Shared {
@@ -121,6 +124,11 @@ impl Shared {
         if let Ok(mut cache) = self.passed.lock() {
             cache.reconfigure(gp.pass_ttl, gp.pass_cache_max);
         }
+        let config = &runtime.config;
+        self.anvil.reconfigure(
+            config.rate_control.window,
+            config.limits.max_tracked_clients,
+        );
         self.runtime.store(Arc::new(runtime));
     }
 

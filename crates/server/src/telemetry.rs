@@ -163,6 +163,24 @@ pub enum Event<'a> {
         /// `greet_pause.default`.
         entry: Option<&'a str>,
     },
+    /// A client over its `ClientRate:` or `ClientConn:` limit (Sendmail's check_relay line).
+    ClientLimited {
+        /// `[ip]` or the client's name (Sendmail's arg1).
+        host: &'a str,
+        addr: &'a str,
+        relay: &'a str,
+        /// The reply as logged (`421 4.3.2 Connection rate limit exceeded.`).
+        reply: &'a str,
+        /// `rate_control` or `conn_control`.
+        defence: &'a str,
+        action: portcullis_config::Action,
+        /// The counted key (an address or a prefix) and its count against the limit.
+        key: &'a str,
+        count: u32,
+        limit: u32,
+        /// The access entry that set the limit (`file:line`).
+        entry: &'a str,
+    },
     /// The access map was loaded (at start, SIGHUP or a file change).
     AccessMapLoaded {
         path: &'a str,
@@ -420,6 +438,37 @@ impl Event<'_> {
             .with("waited_ms", &waited_ms.to_string())
             .with("action", action.name())
             .with("pause_entry", entry.unwrap_or("greet_pause.default"))
+            .with_detail_line(),
+            Self::ClientLimited {
+                host,
+                addr,
+                relay,
+                reply,
+                defence,
+                action,
+                key,
+                count,
+                limit,
+                entry,
+            } => r(
+                "admission_client_limited",
+                Notice,
+                None,
+                match action {
+                    portcullis_config::Action::Ignore => format!(
+                        "{relay} over its limit ({reply}) ignored ({defence}.action = ignore)"
+                    ),
+                    _ => format!(
+                        "ruleset=check_relay, arg1={host}, arg2={addr}, relay={relay}, reject={reply}"
+                    ),
+                },
+            )
+            .with("defence", defence)
+            .with("action", action.name())
+            .with("key", key)
+            .with("count", &count.to_string())
+            .with("limit", &limit.to_string())
+            .with("limit_entry", entry)
             .with_detail_line(),
             Self::AccessMapLoaded {
                 path,

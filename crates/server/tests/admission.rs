@@ -1,0 +1,106 @@
+// These tests drive a real `portcullis serve` process over real loopback sockets.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+//! End-to-end tests of connection admission (Sendmail's ratecontrol and conncontrol) from
+//! several loopback addresses over real sockets.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use support::{Server, Smtp, access_file};
+
+fn local(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn server_with_access(lines: &str, extra: &str) -> Server {
+    let mut server = Server::start("");
+    let access = access_file(&server, lines);
+    server.write_config(&format!("{access}{extra}"));
+    server.restart();
+    server
+}
+
+#[test]
+fn conncontrol_limits_simultaneous_sessions_per_address() {
+    let server = server_with_access("ClientConn:127.0.0.2 2\n", "");
+    let mut first = Smtp::connect_from(server.addr(), local(2));
+    let mut second = Smtp::connect_from(server.addr(), local(2));
+    assert_eq!(first.read_reply().0, 220);
+    assert_eq!(second.read_reply().0, 220);
+    let mut third = Smtp::connect_from(server.addr(), local(2));
+    assert_eq!(
+        third.read_reply(),
+        (421, "4.3.2 Too many open connections.".to_owned())
+    );
+    third.expect_eof().unwrap();
+    assert!(server.wait_log(
+        "ruleset=check_relay, arg1=[127.0.0.2], arg2=127.0.0.2, relay=[127.0.0.2], reject=421 4.3.2 Too many open connections.",
+        Duration::from_secs(5)
+    ));
+    // Another address is not affected.
+    let mut other = Smtp::connect_from(server.addr(), local(3));
+    assert_eq!(other.read_reply().0, 220);
+    // Once a session ends, its place is free again.
+    assert_eq!(first.cmd("QUIT").0, 221);
+    first.expect_eof().unwrap();
+    let mut later = None;
+    for _ in 0..50 {
+        let mut c = Smtp::connect_from(server.addr(), local(2));
+        if c.read_reply().0 == 220 {
+            later = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(later.is_some(), "no place freed after QUIT");
+}
+
+#[test]
+fn ratecontrol_counts_each_address_of_a_prefix_entry_alone() {
+    // `ClientRate:127.0.0 2`: 127.0.0.2 and 127.0.0.3 each get two (reference section b).
+    let server = server_with_access("ClientRate:127.0.0 2\n", "");
+    for addr in [local(2), local(3)] {
+        for _ in 0..2 {
+            let mut c = Smtp::connect_from(server.addr(), addr);
+            assert_eq!(c.read_reply().0, 220, "{addr}");
+            assert_eq!(c.cmd("QUIT").0, 221);
+        }
+        let mut c = Smtp::connect_from(server.addr(), addr);
+        assert_eq!(
+            c.read_reply(),
+            (421, "4.3.2 Connection rate limit exceeded.".to_owned()),
+            "{addr}"
+        );
+    }
+}
+
+#[test]
+fn conncontrol_counts_an_ipv6_client_by_its_64() {
+    let Ok(port) = support::free_port_v6() else {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    };
+    let mut server = Server::start_listening(
+        || {
+            vec![std::net::SocketAddr::from((
+                std::net::Ipv6Addr::LOCALHOST,
+                port,
+            ))]
+        },
+        "",
+    );
+    let access = access_file(&server, "ClientConn:IPv6:0:0:0:0:0:0:0:1 1\n");
+    server.write_config(&access);
+    server.restart();
+    let mut first = Smtp::connect(server.addr());
+    assert_eq!(first.read_reply().0, 220);
+    let mut second = Smtp::connect(server.addr());
+    assert_eq!(
+        second.read_reply(),
+        (421, "4.3.2 Too many open connections.".to_owned())
+    );
+    assert!(server.wait_log("key=\"::/64\"", Duration::from_secs(5)));
+}

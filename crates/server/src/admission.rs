@@ -23,10 +23,22 @@ use crate::clock;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
-/// What a connection holds for its whole life: its place in the per-client counts.
+/// What a connection holds for its whole life: its place in the per-client counts and its
+/// session slot (`max_sessions`).
 #[derive(Debug, Default)]
 pub struct Ticket {
     _client: Option<ConnGuard>,
+    _session: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Ticket {
+    /// The ticket holding `slot` too.
+    pub fn with_slot(self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        Self {
+            _session: slot,
+            ..self
+        }
+    }
 }
 
 /// How the connection goes on.
@@ -49,6 +61,7 @@ pub fn check_client(shared: &Shared, rt: &Runtime, peer: IpAddr) -> (Ticket, Ent
     let (counts, guard) = anvil::open(&counter, key, clock::epoch_secs());
     let ticket = Ticket {
         _client: Some(guard),
+        _session: None,
     };
     let client = client_limits(&rt.access, peer);
     let Some(refusal) = judge(&client, counts) else {

@@ -139,11 +139,17 @@ impl Holder {
     /// none does, starts its dialogue (the name known at once: no reverse DNS, or a cached
     /// answer) or waits for its name in a task of its own (a lookup ends within `[dns]
     /// timeout`; clients with no pause are the exempt and the remembered, not the flood).
-    pub async fn admit(&self, stream: tokio::net::TcpStream, peer: IpAddr) {
+    pub async fn admit(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: IpAddr,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let shared = &self.shared;
         let rt = shared.runtime.load_full();
         let mut wait = Wait::new(shared, &rt, peer, clock::now());
         let (ticket, entry) = admission::check_client(shared, &rt, peer);
+        let ticket = ticket.with_slot(slot);
         let restrict = match entry {
             Entry::Proceed(restrict) => restrict,
             Entry::Refuse(reply) => {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cmd;
 pub mod conn;
 pub mod dns;
+pub mod gate;
 pub mod greet;
 pub mod hold;
 pub mod queue;

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
+use crate::gate::{self, Gate, Slot};
 use crate::hold::Holder;
 use crate::queue::{self, QueueHandle, QueueReceiver};
 use crate::state::{Runtime, Shared};
@@ -190,6 +191,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     ));
     let holder = Holder::start(shared.clone(), shutdown.clone(), sessions.clone())
         .context("cannot start the greeting-pause holder")?;
+    let gate = Arc::new(Gate::new(&shared.runtime.load().config.limits));
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });
@@ -199,6 +201,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             shared.clone(),
             listener,
             holder.clone(),
+            gate.clone(),
             shutdown.clone(),
         ));
     }
@@ -301,9 +304,13 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     holder: Holder,
+    gate: Arc<Gate>,
     shutdown: CancellationToken,
 ) {
     loop {
+        let Some(mut slot) = gate.before_accept(&shared, &shutdown).await else {
+            return;
+        };
         let accepted = tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
@@ -312,7 +319,17 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                holder.admit(stream, peer.ip()).await;
+                if slot.is_none() {
+                    match gate.slot_or_refuse() {
+                        Slot::Got(s) => slot = s,
+                        Slot::Full => {
+                            let hostname = shared.runtime.load().config.server.hostname.clone();
+                            tokio::spawn(gate::refuse(stream, hostname));
+                            continue;
+                        }
+                    }
+                }
+                holder.admit(stream, peer.ip(), slot).await;
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off briefly instead of spinning.

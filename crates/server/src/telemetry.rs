@@ -65,6 +65,12 @@ pub enum Event<'a> {
     ServerStarted { version: &'a str, config: &'a str },
     /// A listening socket is open.
     ListenerBound { addr: std::net::SocketAddr },
+    /// `max_sessions` reached: accepting stops (Sendmail's MaxDaemonChildren wording).
+    DaemonRejecting { sessions: u32, max: u32 },
+    /// Below `max_sessions` again.
+    DaemonAccepting,
+    /// `connection_rate_throttle` reached: new connections wait (Sendmail's wording).
+    DaemonDeferring { rate: u32 },
     /// The configuration was reloaded (SIGHUP).
     ConfigReloaded { origin: &'a str },
     /// A reload failed; the old configuration stays.
@@ -239,6 +245,24 @@ impl Event<'_> {
                 Notice,
                 None,
                 format!("listening on {addr}"),
+            ),
+            Self::DaemonRejecting { sessions, max } => r(
+                "admission_max_sessions",
+                Notice,
+                None,
+                format!("rejecting connections on daemon MTA: {sessions} children, max {max}"),
+            ),
+            Self::DaemonAccepting => r(
+                "admission_accepting_again",
+                Notice,
+                None,
+                "accepting connections again for daemon MTA".to_owned(),
+            ),
+            Self::DaemonDeferring { rate } => r(
+                "admission_throttled",
+                Notice,
+                None,
+                format!("deferring connections on daemon MTA: {rate} per second"),
             ),
             Self::ConfigReloaded { origin } => r(
                 "config_reloaded",

@@ -104,3 +104,74 @@ fn conncontrol_counts_an_ipv6_client_by_its_64() {
     );
     assert!(server.wait_log("key=\"::/64\"", Duration::from_secs(5)));
 }
+
+#[test]
+fn max_sessions_wait_keeps_new_clients_in_the_backlog() {
+    let server = Server::start("[limits]\nmax_sessions = 2\n");
+    let mut a = Smtp::connect(server.addr());
+    let mut b = Smtp::connect(server.addr());
+    assert_eq!(a.read_reply().0, 220);
+    assert_eq!(b.read_reply().0, 220);
+    // The third connects (kernel backlog) but hears nothing while two sessions run.
+    let mut c = Smtp::connect(server.addr());
+    assert!(c.is_silent_for(Duration::from_millis(500)));
+    assert!(server.wait_log(
+        "rejecting connections on daemon MTA: 2 children, max 2",
+        Duration::from_secs(5)
+    ));
+    assert_eq!(a.cmd("QUIT").0, 221);
+    assert_eq!(c.read_reply().0, 220);
+    assert!(server.wait_log(
+        "accepting connections again for daemon MTA",
+        Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn max_sessions_refuse_answers_421() {
+    let server = Server::start("[limits]\nmax_sessions = 1\nmax_sessions_action = \"refuse\"\n");
+    let mut a = Smtp::connect(server.addr());
+    assert_eq!(a.read_reply().0, 220);
+    let mut b = Smtp::connect(server.addr());
+    assert_eq!(
+        b.read_reply(),
+        (
+            421,
+            "4.3.2 mx.example.test Too many concurrent SMTP connections; please try again later"
+                .to_owned()
+        )
+    );
+    b.expect_eof().unwrap();
+    assert_eq!(a.cmd("QUIT").0, 221);
+    a.expect_eof().unwrap();
+    let mut c = None;
+    for _ in 0..50 {
+        let mut s = Smtp::connect(server.addr());
+        if s.read_reply().0 == 220 {
+            c = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.is_some(), "the slot was not given back");
+}
+
+#[test]
+fn connection_rate_throttle_defers_and_never_refuses() {
+    let server = Server::start("[limits]\nconnection_rate_throttle = 2\n");
+    let t0 = std::time::Instant::now();
+    let mut clients: Vec<Smtp> = (0..6).map(|_| Smtp::connect(server.addr())).collect();
+    let mut times = Vec::new();
+    for c in &mut clients {
+        assert_eq!(c.read_reply().0, 220);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    // Two per second: the fifth and sixth wait about two seconds.
+    assert!(times[1] < 0.9, "{times:?}");
+    assert!(times[4] >= 1.8, "{times:?}");
+    assert!(times[5] < 4.0, "{times:?}");
+    assert!(server.wait_log(
+        "deferring connections on daemon MTA: 2 per second",
+        Duration::from_secs(5)
+    ));
+}

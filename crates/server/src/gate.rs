@@ -1,0 +1,155 @@
+//! Server-wide admission at the accept loops: Sendmail's MaxDaemonChildren
+//! (`[limits] max_sessions`) and ConnectionRateThrottle (`connection_rate_throttle`).
+//!
+//! Role: before each accept, wait for a session slot (`max_sessions_action = "wait"`: new
+//! clients wait in the kernel backlog) and for the rate to allow one more connection (the
+//! excess is late, never refused). With `"refuse"`, a connection over the limit is accepted
+//! and told `421 4.3.2 <hostname> Too many concurrent SMTP connections; please try again
+//! later`. Both limits are read at start-up (a change takes a restart).
+//!
+//! Must not: refuse for the rate (Sendmail only defers), or hold a slot past the session (the
+//! permit travels with the connection in its [`crate::admission::Ticket`]).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_config::{LimitsConfig, MaxSessionsAction};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::state::Shared;
+use crate::telemetry::Event;
+
+/// The accept loops' shared limits.
+#[derive(Debug)]
+pub struct Gate {
+    sessions: Option<Arc<Semaphore>>,
+    max: u32,
+    action: MaxSessionsAction,
+    waiting: AtomicBool,
+    rate: u32,
+    /// The current one-second window's start and the connections let through in it.
+    window: Mutex<(Option<Instant>, u32)>,
+}
+
+impl Gate {
+    /// The limits from `[limits]`.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        let max = limits.max_sessions;
+        Self {
+            sessions: (max > 0).then(|| Arc::new(Semaphore::new(max as usize))),
+            max,
+            action: limits.max_sessions_action,
+            waiting: AtomicBool::new(false),
+            rate: limits.connection_rate_throttle,
+            window: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Waits until one more connection may be accepted; returns its session slot (when
+    /// `max_sessions` is set and waits), or None when shutdown came first.
+    pub async fn before_accept(
+        &self,
+        shared: &Shared,
+        shutdown: &CancellationToken,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
+        let permit = match &self.sessions {
+            Some(sem) if self.action == MaxSessionsAction::Wait => {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        if !self.waiting.swap(true, Ordering::Relaxed) {
+                            shared.telemetry.emit(Event::DaemonRejecting {
+                                sessions: self.max,
+                                max: self.max,
+                            });
+                        }
+                        let p = tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => return None,
+                            p = sem.clone().acquire_owned() => p.ok()?,
+                        };
+                        if self.waiting.swap(false, Ordering::Relaxed) {
+                            shared.telemetry.emit(Event::DaemonAccepting);
+                        }
+                        Some(p)
+                    }
+                }
+            }
+            _ => None,
+        };
+        if self.rate > 0 {
+            while let Some(until) = self.take_rate() {
+                shared
+                    .telemetry
+                    .emit(Event::DaemonDeferring { rate: self.rate });
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
+                }
+            }
+        }
+        Some(permit)
+    }
+
+    /// Counts one connection in the current second; or, when the second is full, when the
+    /// next one begins.
+    fn take_rate(&self) -> Option<Instant> {
+        let now = clock::now();
+        let Ok(mut w) = self.window.lock() else {
+            return None;
+        };
+        let start = match w.0 {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => start,
+            _ => {
+                *w = (Some(now), 0);
+                now
+            }
+        };
+        if w.1 < self.rate {
+            w.1 += 1;
+            return None;
+        }
+        Some(start + Duration::from_secs(1))
+    }
+
+    /// After accept, with `max_sessions_action = "refuse"`: the session's slot (None when
+    /// the limit is off or waits), or `Full` (the caller refuses the connection).
+    pub fn slot_or_refuse(&self) -> Slot {
+        match &self.sessions {
+            Some(sem) if self.action == MaxSessionsAction::Refuse => {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => Slot::Got(Some(p)),
+                    Err(_) => Slot::Full,
+                }
+            }
+            _ => Slot::Got(None),
+        }
+    }
+}
+
+/// A session slot after accept.
+#[derive(Debug)]
+pub enum Slot {
+    /// Go on (holding the slot, if the limit is on).
+    Got(Option<OwnedSemaphorePermit>),
+    /// `max_sessions` reached with `"refuse"`.
+    Full,
+}
+
+/// Tells a client over `max_sessions` so, and closes.
+pub async fn refuse(mut stream: tokio::net::TcpStream, hostname: String) {
+    let line = format!(
+        "421 4.3.2 {hostname} Too many concurrent SMTP connections; please try again later\r\n"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stream.write_all(line.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

@@ -6,22 +6,9 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use support::{Server, Smtp, access_file};
-
-fn local(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn server_with_access(lines: &str, extra: &str) -> Server {
-    let mut server = Server::start("");
-    let access = access_file(&server, lines);
-    server.write_config(&format!("{access}{extra}"));
-    server.restart();
-    server
-}
+use support::{Server, Smtp, access_file, local, server_with_access};
 
 #[test]
 fn conncontrol_limits_simultaneous_sessions_per_address() {

@@ -11,24 +11,10 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{Server, Smtp, access_file};
-
-fn local(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// A server whose access file holds `lines`, with `extra` configuration.
-fn server_with_access(lines: &str, extra: &str) -> Server {
-    let mut server = Server::start("");
-    let access = access_file(&server, lines);
-    server.write_config(&format!("{access}{extra}"));
-    server.restart();
-    server
-}
+use support::{Server, Smtp, local, server_with_access};
 
 /// The first reply line and its time since `t0`.
 fn greeting(client: &mut Smtp, t0: Instant) -> (String, f64) {

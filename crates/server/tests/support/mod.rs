@@ -450,6 +450,20 @@ pub fn message_ids(files: &[PathBuf]) -> BTreeMap<String, usize> {
     ids
 }
 
+/// 127.0.0.`last`: a loopback client address other than the default one.
+pub fn local(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A server restarted with an access file holding `lines` and `extra` configuration.
+pub fn server_with_access(lines: &str, extra: &str) -> Server {
+    let mut server = Server::start("");
+    let access = access_file(&server, lines);
+    server.write_config(&format!("{access}{extra}"));
+    server.restart();
+    server
+}
+
 /// Writes `lines` as the server's access file; returns the `[access]` section naming it.
 pub fn access_file(server: &Server, lines: &str) -> String {
     let path = server.dir().join("access");

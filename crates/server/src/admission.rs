@@ -17,7 +17,6 @@ use std::sync::Arc;
 use portcullis_config::Action;
 use portcullis_policy::admission::{Refusal, client_limits, judge};
 use portcullis_policy::anvil::{self, Anvil, ClientKey, ConnGuard};
-use portcullis_smtp::Reply;
 
 use crate::clock;
 use crate::state::{Runtime, Shared};
@@ -41,14 +40,14 @@ impl Ticket {
     }
 }
 
-/// How the connection goes on.
-#[derive(Debug)]
+/// How the connection goes on (two bytes: a held connection keeps it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// As usual; with `Some`, restricted commands get this refusal's 452 (Sendmail's
     /// null-server mode, `terminate = false`).
     Proceed(Option<Refusal>),
-    /// This reply in place of the greeting, then close (`terminate = true`).
-    Refuse(Reply),
+    /// This refusal's 421 in place of the greeting, then close (`terminate = true`).
+    Refuse(Refusal),
     /// Close without a word (`action = "drop"`).
     Drop,
 }
@@ -101,7 +100,7 @@ pub fn check_client(shared: &Shared, rt: &Runtime, peer: IpAddr) -> (Ticket, Ent
     let entry = match action {
         Action::Ignore => Entry::Proceed(None),
         Action::Drop => Entry::Drop,
-        Action::Enforce if terminate => Entry::Refuse(reply),
+        Action::Enforce if terminate => Entry::Refuse(refusal),
         Action::Enforce => Entry::Proceed(Some(refusal)),
     };
     (ticket, entry)

@@ -225,9 +225,9 @@ impl Driver {
                 }
                 session
             }
-            Opening::Refused(ref reply) => {
+            Opening::Refused(refusal) => {
                 self.quiet_end = true;
-                let mut session = Session::with_greeting(cfg, client, reply, now);
+                let mut session = Session::with_greeting(cfg, client, &refusal.reply(true), now);
                 session.close_now();
                 session
             }

@@ -30,7 +30,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use portcullis_policy::admission::Refusal;
-use portcullis_smtp::Reply;
 
 use crate::admission::{self, Entry, Ticket};
 use crate::clock;
@@ -50,8 +49,8 @@ pub enum Opening {
     Talked { first: u8, at: Instant },
     /// The server is stopping.
     Shutdown,
-    /// Admission turned the client away: this reply in place of the greeting, then close.
-    Refused(Reply),
+    /// Admission turned the client away: its 421 in place of the greeting, then close.
+    Refused(Refusal),
     /// Admission dropped the client: close without a word.
     Dropped,
 }
@@ -112,21 +111,8 @@ where
     let rt = shared.runtime.load_full();
     let mut wait = Wait::new(&shared, &rt, peer, clock::now());
     let (ticket, entry) = admission::check_client(&shared, &rt, peer);
-    let dns = match entry {
-        Entry::Proceed(restrict) => {
-            wait.restrict = restrict;
-            Some(rt.names.lookup(peer))
-        }
-        // No pause, no name: the refusal (or nothing) at once.
-        Entry::Refuse(reply) => {
-            wait.refuse(Opening::Refused(reply));
-            None
-        }
-        Entry::Drop => {
-            wait.refuse(Opening::Dropped);
-            None
-        }
-    };
+    wait.admit(entry);
+    let dns = wait.naming().then(|| rt.names.lookup(peer));
     drive(
         Pausing {
             shared,
@@ -222,10 +208,9 @@ pub(crate) struct Wait {
     /// A byte that came before the pause was over, and when. Judged once the name (and so
     /// the pause that applies) is known, as Sendmail resolves the name before it pauses.
     early: Option<(u8, Instant)>,
-    /// Admission's 452 for restricted commands, carried to the session.
-    pub(crate) restrict: Option<Refusal>,
-    /// Decided before any pause (admission refused the client).
-    outcome: Option<Opening>,
+    /// Admission's verdict: a refusal ends the pause before it begins; a restriction (452
+    /// to restricted commands) is carried to the session.
+    admission: Entry,
 }
 
 impl Wait {
@@ -240,8 +225,7 @@ impl Wait {
             remembered,
             entry_line: None,
             early: None,
-            restrict: None,
-            outcome: None,
+            admission: Entry::Proceed(None),
         };
         w.decide(rt, peer);
         w
@@ -259,12 +243,14 @@ impl Wait {
         self.pause.set_length(length);
     }
 
-    /// Ends the pause before it begins, with `opening` (admission's verdict): no pause, no
-    /// name lookup.
-    pub(crate) fn refuse(&mut self, opening: Opening) {
-        self.naming = false;
-        self.pause.set_length(Duration::ZERO);
-        self.outcome = Some(opening);
+    /// Admission's verdict for this connection. When it turns the client away, the pause
+    /// ends before it begins: no pause, no name lookup.
+    pub(crate) fn admit(&mut self, entry: Entry) {
+        self.admission = entry;
+        if !matches!(entry, Entry::Proceed(_)) {
+            self.naming = false;
+            self.pause.set_length(Duration::ZERO);
+        }
     }
 
     /// The name lookup answered.
@@ -305,8 +291,10 @@ impl Wait {
     /// How the session opens, when that no longer depends on waiting: the name is known, and
     /// the client talked or no pause applies.
     pub(crate) fn ready(&self) -> Option<Opening> {
-        if let Some(outcome) = &self.outcome {
-            return Some(outcome.clone());
+        match self.admission {
+            Entry::Refuse(refusal) => return Some(Opening::Refused(refusal)),
+            Entry::Drop => return Some(Opening::Dropped),
+            Entry::Proceed(_) => {}
         }
         if self.naming {
             return None;
@@ -336,7 +324,10 @@ impl Wait {
             opening,
             pause: self.pause,
             entry_line: self.entry_line,
-            restrict: self.restrict,
+            restrict: match self.admission {
+                Entry::Proceed(restrict) => restrict,
+                Entry::Refuse(_) | Entry::Drop => None,
+            },
         }
     }
 }

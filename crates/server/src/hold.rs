@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{self, Entry, Ticket};
+use crate::admission::{self, Ticket};
 use crate::clock;
 use crate::conn::dialogue;
 use crate::dns::{ClientName, LookupFuture};
@@ -150,26 +150,17 @@ impl Holder {
         let mut wait = Wait::new(shared, &rt, peer, clock::now());
         let (ticket, entry) = admission::check_client(shared, &rt, peer);
         let ticket = ticket.with_slot(slot);
-        let restrict = match entry {
-            Entry::Proceed(restrict) => restrict,
-            Entry::Refuse(reply) => {
-                let admitted = wait.finish(Opening::Refused(reply));
-                return self.start_dialogue(rt, stream, peer, admitted, ticket);
-            }
-            Entry::Drop => return,
-        };
-        wait.restrict = restrict;
-        let mut lookup = rt.names.lookup(peer);
-        let dns = match lookup
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
+        wait.admit(entry);
+        // Without reverse DNS (or with a cached answer) the name is there at once.
+        let mut dns = wait.naming().then(|| rt.names.lookup(peer));
+        if let Some(lookup) = &mut dns
+            && let Poll::Ready(name) = lookup
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
         {
-            Poll::Ready(name) => {
-                wait.named(&name, &rt, peer);
-                None
-            }
-            Poll::Pending => Some(lookup),
-        };
+            wait.named(&name, &rt, peer);
+            dns = None;
+        }
         if dns.is_none()
             && let Some(opening) = wait.ready()
         {
@@ -217,21 +208,9 @@ impl Holder {
 
     /// The pause is over: the socket goes back to tokio and the dialogue starts.
     fn release(&self, held: Held, finish: impl FnOnce(Wait) -> Admitted) {
-        let Held {
-            stream,
-            peer,
-            rt,
-            wait,
-            lookup,
-            ticket,
-        } = held;
-        if let Some(lookup) = lookup {
-            lookup.abort();
-        }
-        let admitted = finish(wait);
-        match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.start_dialogue(rt, stream, peer, admitted, ticket),
-            Err(e) => self.registration_failed(&e),
+        if let Some(p) = self.unhold(held, None) {
+            let admitted = finish(p.wait);
+            self.start_dialogue(p.rt, p.stream, p.peer, admitted, p.ticket);
         }
     }
 
@@ -255,10 +234,22 @@ impl Holder {
     }
 
     /// A held connection the holder cannot keep (its inbox closed at shutdown, or the epoll
-    /// set refused the socket) waits on as a task of its own.
-    /// A lookup already running as a task answers the holder, which has let the connection
-    /// go: it is aborted, and the pause goes on as if the lookup had failed.
+    /// set refused the socket) waits on as a task of its own, with `dns` if its lookup had
+    /// not started yet; one already running as a task is aborted (it answers the holder),
+    /// and the pause goes on as if the lookup had failed.
     fn fallback(&self, held: Held, dns: Option<LookupFuture>) {
+        if let Some(pausing) = self.unhold(held, dns) {
+            self.wait_alone(pausing);
+        }
+    }
+
+    /// Takes a connection out of the holder: its lookup task (if any) is aborted and its
+    /// socket goes back to tokio. None if tokio cannot take the socket (logged).
+    fn unhold(
+        &self,
+        held: Held,
+        dns: Option<LookupFuture>,
+    ) -> Option<Pausing<tokio::net::TcpStream>> {
         let Held {
             stream,
             peer,
@@ -271,7 +262,7 @@ impl Holder {
             lookup.abort();
         }
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => self.wait_alone(Pausing {
+            Ok(stream) => Some(Pausing {
                 shared: self.shared.clone(),
                 rt,
                 stream,
@@ -281,7 +272,10 @@ impl Holder {
                 dns,
                 ticket,
             }),
-            Err(e) => self.registration_failed(&e),
+            Err(e) => {
+                self.registration_failed(&e);
+                None
+            }
         }
     }
 
@@ -461,12 +455,9 @@ impl Task {
         // shutdown reply; later arrivals find the inbox closed and run their pause alone.
         // (After a failure of the epoll set, each goes on as a task of its own instead.)
         inbox.close();
-        for mut held in self.table.drain() {
+        for held in self.table.drain() {
             let _ = self.epoll.delete(&held.stream);
             if failed {
-                if let Some(lookup) = held.lookup.take() {
-                    lookup.abort();
-                }
                 self.holder.fallback(held, None);
             } else {
                 self.holder.release(held, |w| w.finish(Opening::Shutdown));

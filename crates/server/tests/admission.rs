@@ -162,3 +162,32 @@ fn connection_rate_throttle_defers_and_never_refuses() {
         Duration::from_secs(5)
     ));
 }
+
+#[test]
+fn conncontrol_without_terminate_serves_the_null_server_452() {
+    let server = server_with_access(
+        "ClientConn:127.0.0.2 1\n",
+        "[conn_control]\nterminate = false\n",
+    );
+    let mut first = Smtp::connect_from(server.addr(), local(2));
+    assert_eq!(first.read_reply().0, 220);
+    let mut second = Smtp::connect_from(server.addr(), local(2));
+    assert_eq!(second.read_reply().0, 220);
+    assert_eq!(second.cmd("HELO client.example.org").0, 250);
+    assert_eq!(
+        second.cmd("MAIL FROM:<alice@example.org>"),
+        (452, "4.3.2 Too many open connections.".to_owned())
+    );
+    assert_eq!(
+        second.cmd("RCPT TO:<root@localhost>"),
+        (452, "4.3.2 Too many open connections.".to_owned())
+    );
+    assert_eq!(second.cmd("QUIT").0, 221);
+    assert!(server.wait_log(
+        "reject=452 4.3.2 Too many open connections.",
+        Duration::from_secs(5)
+    ));
+    // The first session is untouched.
+    assert_eq!(first.cmd("HELO client.example.org").0, 250);
+    assert_eq!(first.cmd("MAIL FROM:<alice@example.org>").0, 250);
+}

@@ -3,15 +3,15 @@
 //! Role: defaults, bounds and warnings for the per-client connection rate (Sendmail's
 //! `FEATURE(ratecontrol)`) and concurrency (`FEATURE(conncontrol)`), for how clients are
 //! grouped into counters (address prefixes), and for the server-wide limits
-//! (`ConnectionRateThrottle`, `MaxDaemonChildren`).
+//! (`ConnectionRateThrottle`, `MaxDaemonChildren`) and the per-session delay budget.
 //! Must not: read the per-client limits: they are `ClientRate:` and `ClientConn:` entries
 //! of the access map, which the server loads; nor count or decide anything (that is
 //! portcullis-policy).
 //! Invariants: `rate_control.window` is 6 s to 1 h, so a bucket (window / 6) is 1 s to
 //! 10 min; `client_ipv4_prefix` ≤ 32 and `client_ipv6_prefix` ≤ 128; `max_tracked_clients`
-//! is 1 to 10,000,000. A prefix of 0 is allowed with a warning.
+//! is 1 to 10,000,000; `session_delay_budget` is 0 s to 1 h. A prefix of 0 and a budget
+//! of 0 s are allowed with a warning.
 
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -20,7 +20,7 @@ use crate::defences::action;
 use crate::diagnostic::Report;
 use crate::model::{ConnControlConfig, LimitsConfig, MaxSessionsAction, RateControlConfig};
 use crate::raw::{RawConnControl, RawLimits, RawMaxSessionsAction, RawRateControl, Text};
-use crate::validate::{duration, fmt_duration};
+use crate::validate::{bounded, duration, duration_within, fmt_duration};
 
 /// Sendmail's CHTSIZE: the rate window is counted in this many clock-aligned buckets.
 const RATE_BUCKETS: u32 = 6;
@@ -33,6 +33,10 @@ const MAX_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 /// Above this many tracked clients the table costs more memory than it can be worth.
 const MAX_TRACKED_CLIENTS: u64 = 10_000_000;
+
+/// Longest `session_delay_budget`: already far past any client's patience for one session's
+/// deliberate delays (RFC 5321 §4.5.3.2 timeouts are 2 to 10 minutes per step).
+const MAX_DELAY_BUDGET: Duration = Duration::from_secs(60 * 60);
 
 /// Below this, `max_sessions` is more likely a typo than a plan.
 const FEW_SESSIONS: u64 = 10;
@@ -123,9 +127,33 @@ pub(crate) fn limits(raw: &RawLimits, report: &mut Report<'_>) -> LimitsConfig {
             Some(RawMaxSessionsAction::Wait) => MaxSessionsAction::Wait,
             Some(RawMaxSessionsAction::Refuse) => MaxSessionsAction::Refuse,
         },
+        session_delay_budget: delay_budget(
+            &raw.session_delay_budget,
+            d.session_delay_budget,
+            report,
+        ),
     };
     warn_few_sessions(&raw.max_sessions, report);
     limits
+}
+
+/// `limits.session_delay_budget`, 0 s to 1 h. 0 is legal but turns every deliberate delay
+/// into a 421, so it warns.
+fn delay_budget(raw: &Text, default: Duration, report: &mut Report<'_>) -> Duration {
+    let key = "limits.session_delay_budget";
+    let value = duration_within(raw, key, Duration::ZERO..=MAX_DELAY_BUDGET, default, report);
+    if let Some(v) = raw
+        && value.is_zero()
+    {
+        report.warning(
+            Some(v.span()),
+            format!(
+                "`{key}` = 0s allows no deliberate delay in a session: every delay becomes a \
+                 421 and the session is closed"
+            ),
+        );
+    }
+    value
 }
 
 /// A client prefix length of `family`, whose addresses are `bits` long. 0 is legal but
@@ -153,33 +181,6 @@ fn prefix(
     value
 }
 
-/// An integer that must lie in `range`; outside it is an error at the value, and the
-/// default stands in. `range` must fit `T`, so the conversion cannot fail.
-fn bounded<T: TryFrom<u64> + Copy>(
-    raw: &RawInt,
-    key: &str,
-    range: RangeInclusive<u64>,
-    default: T,
-    report: &mut Report<'_>,
-) -> T {
-    let Some(v) = raw else {
-        return default;
-    };
-    let n = *v.get_ref();
-    if !range.contains(&n) {
-        report.error(
-            Some(v.span()),
-            format!(
-                "`{key}` must be between {} and {}, not {n}",
-                range.start(),
-                range.end()
-            ),
-        );
-        return default;
-    }
-    T::try_from(n).unwrap_or(default)
-}
-
 fn warn_few_sessions(raw: &RawInt, report: &mut Report<'_>) {
     let Some(v) = raw else {
         return;
@@ -200,26 +201,36 @@ fn warn_few_sessions(raw: &RawInt, report: &mut Report<'_>) {
 mod tests {
     use super::*;
 
-    fn int(value: u64) -> RawInt {
-        Some(Spanned::new(0..1, value))
-    }
-
     #[test]
-    fn bounded_table() {
-        // (value, range, Some(result) or None = error and default)
-        let table: &[(u64, RangeInclusive<u64>, Option<u8>)] = &[
-            (0, 0..=32, Some(0)),
-            (32, 0..=32, Some(32)),
-            (33, 0..=32, None),
-            (0, 1..=5, None),
-            (128, 0..=128, Some(128)),
-            (u64::MAX, 0..=128, None),
+    fn delay_budget_bounds() {
+        // (value, Some(is warning) when clean, None = error and default)
+        let table: &[(&str, Option<bool>)] = &[
+            ("0s", Some(true)),
+            ("1ms", Some(false)),
+            ("60s", Some(false)),
+            ("1h", Some(false)),
+            ("3600001ms", None),
+            ("1h 1s", None),
+            ("2h", None),
+            ("soon", None),
         ];
-        for (value, range, expected) in table {
+        for &(text, expected) in table {
             let mut report = Report::new("t", "x\n");
-            let got: u8 = bounded(&int(*value), "k", range.clone(), 7, &mut report);
-            assert_eq!(got, expected.unwrap_or(7), "{value}");
-            assert_eq!(report.has_errors(), expected.is_none(), "{value}");
+            let raw = Some(Spanned::new(0..1, text.to_owned()));
+            let got = delay_budget(&raw, Duration::from_secs(60), &mut report);
+            let diags = report.into_sorted();
+            match expected {
+                Some(warns) => {
+                    assert_eq!(Some(got), humantime::parse_duration(text).ok(), "{text}");
+                    assert_eq!(diags.len(), usize::from(warns), "{text}: {diags:?}");
+                    assert!(diags.iter().all(|d| !d.is_error()), "{text}: {diags:?}");
+                }
+                None => {
+                    assert_eq!(got, Duration::from_secs(60), "{text}");
+                    assert_eq!(diags.len(), 1, "{text}: {diags:?}");
+                    assert!(diags[0].is_error(), "{text}: {diags:?}");
+                }
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Role: the only place that knows the file format (docs/config.md documents it). Two
 //! stages (design.md principle 9): `raw` parses TOML into serde structs that keep byte
-//! spans and refuse unknown keys; `validate` (with `local`, `timeouts`, `defences` and
-//! `admission`) applies defaults and bounds and reports each problem at its line. One pass
+//! spans and refuse unknown keys; `validate` (with `local`, `timeouts`, `defences`,
+//! `admission` and `load`) applies defaults and bounds and reports each problem at its line. One pass
 //! collects every error it can.
 //! Must not: bind sockets, create directories, print, or exit; the binary decides what to
 //! do with the diagnostics (`portcullis check-config` prints them and exits 0 or 78).
@@ -16,6 +16,7 @@
 mod admission;
 mod defences;
 mod diagnostic;
+mod load;
 mod local;
 mod model;
 mod names;
@@ -28,7 +29,7 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Severity};
 pub use model::{
     AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DnsConfig,
-    GreetPauseConfig, LimitsConfig, LocalConfig, LogConfig, LogDestination, LogFormat,
+    GreetPauseConfig, LimitsConfig, LoadConfig, LocalConfig, LogConfig, LogDestination, LogFormat,
     MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig, Timeouts,
 };
 
@@ -356,6 +357,7 @@ users = [\"a\"]
         assert_eq!(loaded.config.rate_control, RateControlConfig::default());
         assert_eq!(loaded.config.conn_control, ConnControlConfig::default());
         assert_eq!(loaded.config.limits, LimitsConfig::default());
+        assert_eq!(loaded.config.load, LoadConfig::default());
         assert_eq!(loaded.config.server.hostname, "mx.example.test");
         assert_eq!(loaded.config.origin, EMBEDDED_ORIGIN);
     }

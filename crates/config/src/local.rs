@@ -41,6 +41,7 @@ pub(crate) fn local(raw: &RawLocal, report: &mut Report<'_>) -> LocalConfig {
             &raw.maildir_root,
             "local.maildir_root",
             DEFAULT_MAILDIR_ROOT,
+            "a directory",
             report,
         ),
         users,

@@ -7,7 +7,10 @@
 //! `domains` is non-empty, lowercase, without trailing dot and duplicate-free; `users`
 //! entries are lowercase local parts; `max_message_bytes > 0`; every timeout, `retry_min`,
 //! `retry_max` and `lifetime` is non-zero; `rate_control.window` is 6 s to 1 h; the client
-//! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000.
+//! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000;
+//! `session_delay_budget` is at most 1 h; the `load` load-average thresholds are at most
+//! 10,000, the session percentages at most 100 (and 0 unless `max_sessions` is set), the
+//! lags at most 60 s; `loadavg_file` is non-empty.
 //! Default values live here, once, as constants; `default.toml` repeats them for operators
 //! and a test keeps the two equal.
 
@@ -33,6 +36,7 @@ pub struct Config {
     pub rate_control: RateControlConfig,
     pub conn_control: ConnControlConfig,
     pub limits: LimitsConfig,
+    pub load: LoadConfig,
 }
 
 /// What a defence does with a finding (design.md principle 4).
@@ -183,6 +187,14 @@ pub struct LimitsConfig {
     pub max_sessions: u32,
     /// What happens once `max_sessions` sessions are open.
     pub max_sessions_action: MaxSessionsAction,
+    /// The deliberate delays the server puts into one session (`load.delay_*`'s 1 s per
+    /// command, and later the bad-recipient throttle and tarpits) never add up past this,
+    /// 0 s to 1 h: once the next delay would pass it, the session gets `421 4.3.2
+    /// <hostname> Too busy; please try again later` and is closed, so a well-behaved client
+    /// never times out on us. The greeting pause (bounded on its own) and
+    /// `connection_rate_throttle` (before the session exists) do not count. 0 = no
+    /// deliberate delay at all: every delay becomes a 421.
+    pub session_delay_budget: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -194,6 +206,7 @@ impl Default for LimitsConfig {
             connection_rate_throttle: 0,
             max_sessions: 0,
             max_sessions_action: MaxSessionsAction::Wait,
+            session_delay_budget: Duration::from_secs(60),
         }
     }
 }
@@ -215,6 +228,55 @@ impl MaxSessionsAction {
         match self {
             Self::Wait => "wait",
             Self::Refuse => "refuse",
+        }
+    }
+}
+
+/// `[load]`: load controls. Each action fires when any of its signals is at or over its
+/// threshold; 0 turns a threshold off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadConfig {
+    /// Sendmail's RefuseLA: at or over this 1-minute load average (rounded as Sendmail does,
+    /// so 0.5 counts as 1), stop accepting connections. Default 12.
+    pub refuse_la: u32,
+    /// Sendmail's DelayLA: at or over it, wait 1 s before each command except QUIT, RSET and the
+    /// end-of-data dot. Default 0 (off).
+    pub delay_la: u32,
+    /// Sendmail's QueueLA: at or over it, accept mail but hold delivery. Default 8.
+    pub queue_la: u32,
+    /// The same three actions on sessions in flight, in percent of `limits.max_sessions`
+    /// (1..=100; 0 off). Default 0 each. This one: stop accepting connections.
+    pub refuse_sessions_pct: u8,
+    /// As `refuse_sessions_pct`, for the 1 s wait before each command.
+    pub delay_sessions_pct: u8,
+    /// As `refuse_sessions_pct`, for holding delivery.
+    pub queue_sessions_pct: u8,
+    /// The same three actions on the server's event-loop lag (how late a 100 ms tick fires,
+    /// worst in the last second). 0s off; default 0s each. This one: stop accepting
+    /// connections.
+    pub refuse_lag: Duration,
+    /// As `refuse_lag`, for the 1 s wait before each command.
+    pub delay_lag: Duration,
+    /// As `refuse_lag`, for holding delivery.
+    pub queue_lag: Duration,
+    /// Where the load average is read: the first field of this file. Default "/proc/loadavg".
+    /// In a container, point it at a cgroup-aware view (e.g. one LXCFS provides).
+    pub loadavg_file: PathBuf,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            refuse_la: 12,
+            delay_la: 0,
+            queue_la: 8,
+            refuse_sessions_pct: 0,
+            delay_sessions_pct: 0,
+            queue_sessions_pct: 0,
+            refuse_lag: Duration::ZERO,
+            delay_lag: Duration::ZERO,
+            queue_lag: Duration::ZERO,
+            loadavg_file: PathBuf::from(DEFAULT_LOADAVG_FILE),
         }
     }
 }
@@ -338,6 +400,8 @@ pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: u64 = 10 * 1024 * 1024;
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_DOMAIN: &str = "localhost";
 pub(crate) const DEFAULT_MAILDIR_ROOT: &str = "var/mail";
+/// `load.loadavg_file`'s default, a `&str` for `validate::path`.
+pub(crate) const DEFAULT_LOADAVG_FILE: &str = "/proc/loadavg";
 
 #[cfg(test)]
 mod tests {

@@ -51,6 +51,8 @@ pub(crate) struct RawConfig {
     pub(crate) conn_control: RawConnControl,
     #[serde(default)]
     pub(crate) limits: RawLimits,
+    #[serde(default)]
+    pub(crate) load: RawLoad,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +114,7 @@ pub(crate) struct RawLimits {
     pub(crate) connection_rate_throttle: Option<Spanned<u64>>,
     pub(crate) max_sessions: Option<Spanned<u64>>,
     pub(crate) max_sessions_action: Option<Spanned<RawMaxSessionsAction>>,
+    pub(crate) session_delay_budget: Text,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -119,6 +122,22 @@ pub(crate) struct RawLimits {
 pub(crate) enum RawMaxSessionsAction {
     Wait,
     Refuse,
+}
+
+/// Integers as u64, as in `RawLimits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [load] table")]
+pub(crate) struct RawLoad {
+    pub(crate) refuse_la: Option<Spanned<u64>>,
+    pub(crate) delay_la: Option<Spanned<u64>>,
+    pub(crate) queue_la: Option<Spanned<u64>>,
+    pub(crate) refuse_sessions_pct: Option<Spanned<u64>>,
+    pub(crate) delay_sessions_pct: Option<Spanned<u64>>,
+    pub(crate) queue_sessions_pct: Option<Spanned<u64>>,
+    pub(crate) refuse_lag: Text,
+    pub(crate) delay_lag: Text,
+    pub(crate) queue_lag: Text,
+    pub(crate) loadavg_file: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,7 +233,7 @@ pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
 }
 
 /// The sections of the file, i.e. the fields of `RawConfig`.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server",
     "smtp",
     "local",
@@ -227,6 +246,7 @@ const SECTIONS: [&str; 12] = [
     "rate_control",
     "conn_control",
     "limits",
+    "load",
 ];
 
 /// A section given as something other than a table (`server = 5`, or `[[server]]`) is
@@ -403,6 +423,22 @@ mod tests {
                     (2, "`limits.client_ipv6_prefix`: invalid value"),
                     (3, "`limits.max_children`: unknown field `max_children`"),
                 ],
+            ),
+            (
+                "[load]\nrefuse_la = 12\nrefuse_load = 12\ndelay_lag = 5\nqueue_la = \"8\"\n",
+                &[
+                    (3, "`load.refuse_load`: unknown field `refuse_load`"),
+                    (4, "`load.delay_lag`: invalid type: integer"),
+                    (5, "`load.queue_la`: invalid type: string"),
+                ],
+            ),
+            (
+                "[limits]\nsession_delay_budget = 60\n",
+                &[(2, "`limits.session_delay_budget`: invalid type: integer")],
+            ),
+            (
+                "load = 1\n",
+                &[(1, "`load` must be a table ([load]), not an integer")],
             ),
         ];
         for &(src, expected) in table {

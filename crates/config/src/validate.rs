@@ -10,6 +10,7 @@
 //! (`server.listen`), the same spelling docs/config.md uses.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::raw::{
     RawBareLf, RawConfig, RawLog, RawLogDestination, RawLogFormat, RawQueue, RawServer, RawSmtp,
     Text, TextList,
 };
-use crate::{admission, defences, local, timeouts};
+use crate::{admission, defences, load, local, timeouts};
 
 /// Where the machine's host name comes from; a parameter so tests need not depend on the
 /// name of the machine they run on.
@@ -39,6 +40,8 @@ pub(crate) fn config(
     report: &mut Report<'_>,
     system_hostname: HostnameSource<'_>,
 ) -> Config {
+    // `[load]`'s session percentages are of the validated `limits.max_sessions`.
+    let limits = admission::limits(&raw.limits, report);
     Config {
         origin: report.file().to_owned(),
         server: server(&raw.server, report, system_hostname),
@@ -52,7 +55,8 @@ pub(crate) fn config(
         dns: defences::dns(&raw.dns, report),
         rate_control: admission::rate_control(&raw.rate_control, report),
         conn_control: admission::conn_control(&raw.conn_control),
-        limits: admission::limits(&raw.limits, report),
+        limits,
+        load: load::load(&raw.load, limits.max_sessions, report),
     }
 }
 
@@ -68,6 +72,7 @@ fn server(
             &raw.spool_dir,
             "server.spool_dir",
             DEFAULT_SPOOL_DIR,
+            "a directory",
             report,
         ),
         max_message_bytes: max_message_bytes(&raw.max_message_bytes, report),
@@ -233,15 +238,19 @@ fn log(raw: &RawLog) -> LogConfig {
     }
 }
 
-/// A path value; relative paths stay relative (to the working directory, at use).
-pub(crate) fn path(raw: &Text, key: &str, default: &str, report: &mut Report<'_>) -> PathBuf {
+/// A path value, naming `what` ("a directory", "a file"); relative paths stay relative
+/// (to the working directory, at use).
+pub(crate) fn path(
+    raw: &Text,
+    key: &str,
+    default: &str,
+    what: &str,
+    report: &mut Report<'_>,
+) -> PathBuf {
     match raw {
         None => PathBuf::from(default),
         Some(value) if value.get_ref().is_empty() => {
-            report.error(
-                Some(value.span()),
-                format!("`{key}` is empty; give a directory"),
-            );
+            report.error(Some(value.span()), format!("`{key}` is empty; give {what}"));
             PathBuf::from(default)
         }
         Some(value) => PathBuf::from(value.get_ref()),
@@ -289,6 +298,58 @@ pub(crate) fn nonzero_duration(
     parsed
 }
 
+/// A duration that must lie in `range`; outside it is an error at the value naming the
+/// range, and the default stands in.
+pub(crate) fn duration_within(
+    raw: &Text,
+    key: &str,
+    range: RangeInclusive<Duration>,
+    default: Duration,
+    report: &mut Report<'_>,
+) -> Duration {
+    let value = duration(raw, key, default, report);
+    if range.contains(&value) {
+        return value;
+    }
+    report.error(
+        raw.as_ref().map(Spanned::span),
+        format!(
+            "`{key}` = {} is out of range: it must be between {} and {}",
+            fmt_duration(value),
+            fmt_duration(*range.start()),
+            fmt_duration(*range.end())
+        ),
+    );
+    default
+}
+
+/// An integer that must lie in `range`; outside it is an error at the value, and the
+/// default stands in. `range` must fit `T`, so the conversion cannot fail.
+pub(crate) fn bounded<T: TryFrom<u64> + Copy>(
+    raw: &Option<Spanned<u64>>,
+    key: &str,
+    range: RangeInclusive<u64>,
+    default: T,
+    report: &mut Report<'_>,
+) -> T {
+    let Some(v) = raw else {
+        return default;
+    };
+    let n = *v.get_ref();
+    if !range.contains(&n) {
+        report.error(
+            Some(v.span()),
+            format!(
+                "`{key}` must be between {} and {}, not {n}",
+                range.start(),
+                range.end()
+            ),
+        );
+        return default;
+    }
+    T::try_from(n).unwrap_or(default)
+}
+
 pub(crate) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
@@ -330,6 +391,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bounded_table() {
+        // (value, range, Some(result) or None = error and default)
+        let table: &[(u64, RangeInclusive<u64>, Option<u8>)] = &[
+            (0, 0..=32, Some(0)),
+            (32, 0..=32, Some(32)),
+            (33, 0..=32, None),
+            (0, 1..=5, None),
+            (128, 0..=128, Some(128)),
+            (u64::MAX, 0..=128, None),
+        ];
+        for (value, range, expected) in table {
+            let mut report = Report::new("t", "x\n");
+            let raw = Some(Spanned::new(0..1, *value));
+            let got: u8 = bounded(&raw, "k", range.clone(), 7, &mut report);
+            assert_eq!(got, expected.unwrap_or(7), "{value}");
+            assert_eq!(report.has_errors(), expected.is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn duration_within_table() {
+        let src = "x = \"5m\"\n";
+        let range = Duration::ZERO..=Duration::from_secs(60);
+        // (value, Some(seconds) or None = error and default)
+        let table: &[(&str, Option<u64>)] = &[
+            ("0s", Some(0)),
+            ("60s", Some(60)),
+            ("1m", Some(60)),
+            ("61s", None),
+            ("60001ms", None),
+            ("later", None),
+        ];
+        for &(value, expected) in table {
+            let mut report = Report::new("t", src);
+            let got = duration_within(
+                &text(4, value),
+                "k",
+                range.clone(),
+                Duration::from_secs(7),
+                &mut report,
+            );
+            assert_eq!(got, Duration::from_secs(expected.unwrap_or(7)), "{value:?}");
+            assert_eq!(report.has_errors(), expected.is_none(), "{value:?}");
+        }
+        let mut report = Report::new("t", src);
+        duration_within(&text(4, "2m"), "k", range, Duration::ZERO, &mut report);
+        let diags = report.into_sorted();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].line, 1);
+        assert_eq!(
+            diags[0].message,
+            "`k` = 2m is out of range: it must be between 0s and 1m"
+        );
     }
 
     #[test]

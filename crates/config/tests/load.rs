@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_config::{
-    Action, BareLf, ConnControlConfig, Diagnostic, LimitsConfig, LogDestination, LogFormat,
-    MaxSessionsAction, RateControlConfig, Severity, embedded_default, load_file, load_str,
+    Action, BareLf, ConnControlConfig, Diagnostic, LimitsConfig, LoadConfig, LogDestination,
+    LogFormat, MaxSessionsAction, RateControlConfig, Severity, embedded_default, load_file,
+    load_str,
 };
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -362,6 +363,7 @@ fn admission_sections_default_when_absent() {
             connection_rate_throttle: 0,
             max_sessions: 0,
             max_sessions_action: MaxSessionsAction::Wait,
+            session_delay_budget: MINUTE,
         }
     );
     assert_eq!(c.rate_control, RateControlConfig::default());
@@ -383,7 +385,7 @@ fn admission_sections_round_trip() {
          [conn_control]\nterminate = false\naction = \"ignore\"\n\
          [limits]\nclient_ipv4_prefix = 24\nclient_ipv6_prefix = 48\n\
          max_tracked_clients = 5000\nconnection_rate_throttle = 2\nmax_sessions = 200\n\
-         max_sessions_action = \"refuse\"\n{QUIET_TAIL}"
+         max_sessions_action = \"refuse\"\nsession_delay_budget = \"90s\"\n{QUIET_TAIL}"
     );
     let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
@@ -412,6 +414,7 @@ fn admission_sections_round_trip() {
             connection_rate_throttle: 2,
             max_sessions: 200,
             max_sessions_action: MaxSessionsAction::Refuse,
+            session_delay_budget: Duration::from_secs(90),
         }
     );
 }
@@ -444,6 +447,12 @@ fn admission_bounds_are_inclusive() {
         }),
         ("[limits]\nconnection_rate_throttle = 4294967295\n", |c| {
             c.limits.connection_rate_throttle == u32::MAX
+        }),
+        ("[limits]\nsession_delay_budget = \"1h\"\n", |c| {
+            c.limits.session_delay_budget == 60 * MINUTE
+        }),
+        ("[limits]\nsession_delay_budget = \"1ms\"\n", |c| {
+            c.limits.session_delay_budget == Duration::from_millis(1)
         }),
     ];
     for &(section, check) in table {
@@ -538,6 +547,16 @@ fn admission_bad_values_at_their_lines() {
             2,
             "`limits.max_sessions_action`: unknown variant `block`",
         ),
+        (
+            "[limits]\nsession_delay_budget = \"61m\"\n",
+            2,
+            "`limits.session_delay_budget` = 1h 1m is out of range: it must be between 0s and 1h",
+        ),
+        (
+            "[limits]\nsession_delay_budget = \"a minute\"\n",
+            2,
+            "`limits.session_delay_budget`: \"a minute\" is not a duration",
+        ),
     ];
     for &(section, line, fragment) in table {
         let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
@@ -599,6 +618,255 @@ fn admission_warnings_at_their_lines() {
             "[limits]\nmax_sessions = 0\nmax_sessions_action = \"refuse\"\n",
             &[],
         ),
+        (
+            "[limits]\n\nsession_delay_budget = \"0s\"\n",
+            &[(
+                3,
+                "`limits.session_delay_budget` = 0s allows no deliberate delay in a session: \
+                 every delay becomes a 421",
+            )],
+        ),
+    ];
+    for &(section, expected) in table {
+        let loaded = load_str(&format!("{section}{QUIET_TAIL}"), "p.toml")
+            .unwrap_or_else(|d| panic!("{section:?}: {d:#?}"));
+        let got = &loaded.warnings;
+        assert_eq!(got.len(), expected.len(), "{section:?}: {got:#?}");
+        for (warning, &(line, fragment)) in got.iter().zip(expected) {
+            assert_eq!(warning.line, line, "{section:?}: {warning}");
+            assert!(
+                warning.message.contains(fragment),
+                "{section:?}: {:?} !~ {fragment:?}",
+                warning.message
+            );
+        }
+    }
+}
+
+#[test]
+fn load_section_defaults_when_absent() {
+    let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(
+        loaded.config.load,
+        LoadConfig {
+            refuse_la: 12,
+            delay_la: 0,
+            queue_la: 8,
+            refuse_sessions_pct: 0,
+            delay_sessions_pct: 0,
+            queue_sessions_pct: 0,
+            refuse_lag: Duration::ZERO,
+            delay_lag: Duration::ZERO,
+            queue_lag: Duration::ZERO,
+            loadavg_file: PathBuf::from("/proc/loadavg"),
+        }
+    );
+    assert_eq!(loaded.config.load, LoadConfig::default());
+    let embedded = embedded_default().unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(embedded.config.load, loaded.config.load);
+}
+
+#[test]
+fn load_section_round_trip() {
+    let src = format!(
+        "[load]\nrefuse_la = 40\ndelay_la = 30\nqueue_la = 20\n\
+         refuse_sessions_pct = 100\ndelay_sessions_pct = 1\nqueue_sessions_pct = 80\n\
+         refuse_lag = \"60s\"\ndelay_lag = \"10ms\"\nqueue_lag = \"250ms\"\n\
+         loadavg_file = \"/var/lib/lxcfs/proc/loadavg\"\n\
+         [limits]\nmax_sessions = 500\n{QUIET_TAIL}"
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.load,
+        LoadConfig {
+            refuse_la: 40,
+            delay_la: 30,
+            queue_la: 20,
+            refuse_sessions_pct: 100,
+            delay_sessions_pct: 1,
+            queue_sessions_pct: 80,
+            refuse_lag: MINUTE,
+            delay_lag: Duration::from_millis(10),
+            queue_lag: Duration::from_millis(250),
+            loadavg_file: PathBuf::from("/var/lib/lxcfs/proc/loadavg"),
+        }
+    );
+}
+
+#[test]
+fn load_bounds_are_inclusive() {
+    // (section text, check on the loaded config): each loads without any diagnostic.
+    type Check = fn(&portcullis_config::Config) -> bool;
+    let table: &[(&str, Check)] = &[
+        ("[load]\nrefuse_la = 0\ndelay_la = 0\nqueue_la = 0\n", |c| {
+            (c.load.refuse_la, c.load.delay_la, c.load.queue_la) == (0, 0, 0)
+        }),
+        ("[load]\nrefuse_la = 10000\n", |c| {
+            c.load.refuse_la == 10_000
+        }),
+        ("[load]\ndelay_la = 10000\n", |c| c.load.delay_la == 10_000),
+        ("[load]\nqueue_la = 10000\n", |c| c.load.queue_la == 10_000),
+        (
+            // 0 is "off", so it needs no max_sessions.
+            "[load]\nrefuse_sessions_pct = 0\ndelay_sessions_pct = 0\nqueue_sessions_pct = 0\n",
+            |c| c.load.refuse_sessions_pct == 0,
+        ),
+        (
+            "[load]\nrefuse_sessions_pct = 100\n[limits]\nmax_sessions = 10\n",
+            |c| c.load.refuse_sessions_pct == 100,
+        ),
+        (
+            "[load]\nqueue_sessions_pct = 1\n[limits]\nmax_sessions = 10\n",
+            |c| c.load.queue_sessions_pct == 1,
+        ),
+        ("[load]\nrefuse_lag = \"0s\"\n", |c| {
+            c.load.refuse_lag.is_zero()
+        }),
+        ("[load]\nqueue_lag = \"60s\"\n", |c| {
+            c.load.queue_lag == MINUTE
+        }),
+        ("[load]\ndelay_lag = \"10ms\"\n", |c| {
+            c.load.delay_lag == Duration::from_millis(10)
+        }),
+        ("[load]\nloadavg_file = \"loadavg\"\n", |c| {
+            c.load.loadavg_file == Path::new("loadavg")
+        }),
+    ];
+    for &(section, check) in table {
+        let src = format!("{section}{QUIET_TAIL}");
+        let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{section:?}: {d:#?}"));
+        assert!(
+            loaded.warnings.is_empty(),
+            "{section:?}: {:#?}",
+            loaded.warnings
+        );
+        assert!(check(&loaded.config), "{section:?}: {:?}", loaded.config);
+    }
+}
+
+#[test]
+fn load_bad_values_at_their_lines() {
+    // (section text, line, message fragment): exactly one error each.
+    let table: &[(&str, usize, &str)] = &[
+        (
+            "[load]\nrefuse_la = 10001\n",
+            2,
+            "`load.refuse_la` must be between 0 and 10000, not 10001",
+        ),
+        (
+            "[load]\ndelay_la = 4294967296\n",
+            2,
+            "`load.delay_la` must be between 0 and 10000, not 4294967296",
+        ),
+        (
+            "[load]\nqueue_la = -1\n",
+            2,
+            "`load.queue_la`: invalid value",
+        ),
+        (
+            "[load]\nqueue_la = 1.5\n",
+            2,
+            "`load.queue_la`: invalid type: floating point",
+        ),
+        (
+            "[limits]\nmax_sessions = 100\n[load]\nrefuse_sessions_pct = 101\n",
+            4,
+            "`load.refuse_sessions_pct` must be between 0 and 100, not 101",
+        ),
+        (
+            "[load]\nrefuse_sessions_pct = 90\n",
+            2,
+            "`load.refuse_sessions_pct` needs `limits.max_sessions` (it is a percentage of it)",
+        ),
+        (
+            "[load]\n\ndelay_sessions_pct = 50\n[limits]\nmax_sessions = 0\n",
+            3,
+            "`load.delay_sessions_pct` needs `limits.max_sessions` (it is a percentage of it)",
+        ),
+        (
+            "[load]\nqueue_sessions_pct = 100\n",
+            2,
+            "`load.queue_sessions_pct` needs `limits.max_sessions` (it is a percentage of it)",
+        ),
+        (
+            "[load]\nrefuse_lag = \"61s\"\n",
+            2,
+            "`load.refuse_lag` = 1m 1s is out of range: it must be between 0s and 1m",
+        ),
+        (
+            "[load]\ndelay_lag = \"60001ms\"\n",
+            2,
+            "`load.delay_lag` = 1m 1ms is out of range",
+        ),
+        (
+            "[load]\nqueue_lag = \"soon\"\n",
+            2,
+            "`load.queue_lag`: \"soon\" is not a duration",
+        ),
+        (
+            "[load]\nqueue_lag = 1\n",
+            2,
+            "`load.queue_lag`: invalid type: integer",
+        ),
+        (
+            "[load]\nloadavg_file = \"\"\n",
+            2,
+            "`load.loadavg_file` is empty; give a file",
+        ),
+        (
+            "[load]\nrefuse_la = 12\nrefuse_load = 12\n",
+            3,
+            "`load.refuse_load`: unknown field `refuse_load`",
+        ),
+    ];
+    for &(section, line, fragment) in table {
+        let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
+        let errs = errors(&diags);
+        assert_eq!(errs.len(), 1, "{section:?}: {diags:#?}");
+        assert_eq!(errs[0].line, line, "{section:?}: {}", errs[0]);
+        assert!(
+            errs[0].message.contains(fragment),
+            "{section:?}: {:?} !~ {fragment:?}",
+            errs[0].message
+        );
+    }
+}
+
+#[test]
+fn load_errors_all_reported_in_one_pass() {
+    let diags = expect_err(
+        "[load]\nrefuse_la = 20000\nbogus = 1\nqueue_sessions_pct = 5\n\
+         refuse_lag = \"2m\"\nloadavg_file = \"\"\n",
+    );
+    let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 3, 4, 5, 6], "{diags:#?}");
+    assert_eq!(
+        errors(&diags)[2].to_string(),
+        "p.toml:4:22: error: `load.queue_sessions_pct` needs `limits.max_sessions` \
+         (it is a percentage of it)"
+    );
+}
+
+#[test]
+fn load_warnings_at_their_lines() {
+    // (section text, expected (line, message fragment) list)
+    let table: &[(&str, &[(usize, &str)])] = &[
+        (
+            "[load]\nrefuse_lag = \"5ms\"\n",
+            &[(
+                2,
+                "`load.refuse_lag` = 5ms is below 10ms, scheduling noise alone will trigger it",
+            )],
+        ),
+        (
+            "[load]\ndelay_lag = \"1ms\"\nqueue_lag = \"9ms 999us\"\n",
+            &[
+                (2, "`load.delay_lag` = 1ms is below 10ms"),
+                (3, "`load.queue_lag` = 9ms 999us is below 10ms"),
+            ],
+        ),
+        ("[load]\ndelay_lag = \"0s\"\nqueue_lag = \"10ms\"\n", &[]),
     ];
     for &(section, expected) in table {
         let loaded = load_str(&format!("{section}{QUIET_TAIL}"), "p.toml")

@@ -121,6 +121,18 @@ pub fn refused_when_rejecting(line: &[u8]) -> bool {
     split_verb(line).is_some_and(|(verb, _)| REFUSED.contains(&verb.as_slice()))
 }
 
+/// The verb of a command line as a log name (`EHLO`, `MAIL`, ...; `UNKNOWN` for anything
+/// else), without parsing the arguments: what Sendmail names in `delaying=<CMD>`.
+pub fn verb_name(line: &[u8]) -> &'static str {
+    const KNOWN: [&str; 15] = [
+        "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "ETRN",
+        "HELP", "VERB", "AUTH", "STARTTLS",
+    ];
+    split_verb(line)
+        .and_then(|(verb, _)| KNOWN.into_iter().find(|k| k.as_bytes() == verb.as_slice()))
+        .unwrap_or("UNKNOWN")
+}
+
 /// The verb, upper-cased (at most 8 octets; longer verbs are unknown by definition), and the
 /// arguments after it.
 fn split_verb(line: &[u8]) -> Option<(Verb, &[u8])> {

@@ -343,6 +343,15 @@ pub fn too_many_bad_commands(hostname: &str) -> Reply {
     )
 }
 
+/// `421 4.3.2 <host> Too busy; please try again later`: a deliberate delay would have
+/// taken the session past its delay budget.
+pub fn too_busy(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        format!("4.3.2 {hostname} Too busy; please try again later"),
+    )
+}
+
 /// `421 4.3.2 <host> Service shutting down`.
 pub fn shutting_down(hostname: &str) -> Reply {
     Reply::new(421, format!("4.3.2 {hostname} Service shutting down"))

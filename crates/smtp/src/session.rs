@@ -119,6 +119,9 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Unknown commands tolerated; the next one gets 421 (Sendmail's MAXBADCOMMANDS, 25).
     pub max_bad_commands: u32,
+    /// The deliberate delays of one session (DelayLA, throttles) never add up past this; the
+    /// delay that would is answered with `421 4.3.2 ... Too busy` instead.
+    pub delay_budget: Duration,
 }
 
 impl SessionConfig {
@@ -131,6 +134,7 @@ impl SessionConfig {
             timeouts: Timeouts::default(),
             max_recipients: 1000,
             max_bad_commands: 25,
+            delay_budget: Duration::from_secs(60),
         }
     }
 }
@@ -261,6 +265,35 @@ pub enum Note {
     TooManyBadCommands,
     /// The commit did not finish within `datafinal`; `451` was sent.
     CommitTimeout,
+    /// Commands are being delayed (Sendmail's `delaying=<CMD>, load average=N >= M`); noted
+    /// for the first delayed command and then at most every [`DELAY_NOTE_EVERY`].
+    Delaying {
+        /// The command about to be delayed (`EHLO`, `MAIL`, ...).
+        command: &'static str,
+        /// Why, from [`CommandDelay::reason`].
+        reason: String,
+    },
+    /// The next delay would have passed the session's delay budget: `421 4.3.2 ... Too
+    /// busy` was sent and the session closed.
+    DelayBudgetSpent {
+        /// The deliberate delay the session had already been given.
+        spent: Duration,
+        /// The command that was not delayed.
+        command: &'static str,
+    },
+}
+
+/// Sendmail logs its `delaying=` line at most this often per session.
+pub const DELAY_NOTE_EVERY: Duration = Duration::from_secs(15);
+
+/// A wait the server puts before each command while it is busy (Sendmail's DelayLA): set
+/// and cleared by the driver with [`Session::set_command_delay`] as its load changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandDelay {
+    /// How long before each command (Sendmail: 1 s).
+    pub each: Duration,
+    /// Why, for the log: e.g. `load average=3 >= 2`.
+    pub reason: String,
 }
 
 /// Output of the session other than reply bytes.
@@ -337,6 +370,8 @@ pub struct SessionStats {
     pub commands: u32,
     /// Unknown commands so far.
     pub bad_commands: u32,
+    /// Deliberate delay given so far (counted against the delay budget).
+    pub delayed: Duration,
 }
 
 #[derive(Debug)]
@@ -349,6 +384,8 @@ enum Phase {
     Asking(Pending),
     /// Waiting for [`Session::commit_done`].
     Committing,
+    /// Holding this command line until the deadline (a deliberate delay).
+    Delaying(Vec<u8>),
     /// Done; the driver should flush and close.
     Closed,
 }
@@ -403,6 +440,10 @@ pub struct Session {
     rejecting: Option<Reply>,
     /// Commands refused in rejecting mode (the 26th gets 421).
     refused: u32,
+    /// The wait before each command while the server is busy.
+    command_delay: Option<CommandDelay>,
+    /// When the last [`Note::Delaying`] was given.
+    delay_noted_at: Option<Instant>,
     stats: SessionStats,
 }
 
@@ -436,6 +477,8 @@ impl Session {
             shutting_down: false,
             rejecting: None,
             refused: 0,
+            command_delay: None,
+            delay_noted_at: None,
             stats: SessionStats::default(),
         };
         s.send(greeting);
@@ -459,6 +502,14 @@ impl Session {
     /// Ends the session once the output queued so far is written (the `drop` action).
     pub fn close_now(&mut self) {
         self.close();
+    }
+
+    /// Starts (Some) or stops (None) waiting before each command; the driver calls this as
+    /// its load signal changes. A command already being delayed finishes its wait.
+    pub fn set_command_delay(&mut self, delay: Option<CommandDelay>) {
+        if self.command_delay != delay {
+            self.command_delay = delay;
+        }
     }
 
     // ----- driver interface -------------------------------------------------------------------
@@ -510,6 +561,14 @@ impl Session {
                 self.send(&reply::temporary_failure());
                 self.note(Note::CommitTimeout);
                 self.close();
+            }
+            Phase::Delaying(_) => {
+                let Phase::Delaying(line) = std::mem::replace(&mut self.phase, Phase::Command)
+                else {
+                    return;
+                };
+                self.handle_line(&line, now);
+                self.process(now);
             }
             Phase::Asking(_) | Phase::Closed => {}
         }
@@ -575,7 +634,10 @@ impl Session {
     /// session inside DATA or a commit finishes that message first.
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
-        if matches!(self.phase, Phase::Command | Phase::Asking(_)) {
+        if matches!(
+            self.phase,
+            Phase::Command | Phase::Asking(_) | Phase::Delaying(_)
+        ) {
             self.send_shutdown();
         }
     }
@@ -624,6 +686,7 @@ impl Session {
     pub fn buffered(&self) -> usize {
         let data = match &self.phase {
             Phase::Data(d) => d.stored(),
+            Phase::Delaying(line) => line.capacity(),
             _ => 0,
         };
         self.input.capacity() + self.output.capacity() + data
@@ -637,7 +700,9 @@ impl Session {
             match &mut self.phase {
                 Phase::Command => {
                     let Some(line) = self.next_line() else { break };
-                    self.handle_line(&line, now);
+                    if let Some(line) = self.delay(line, now) {
+                        self.handle_line(&line, now);
+                    }
                 }
                 Phase::Data(receiver) => {
                     if self.input.is_empty() {
@@ -655,7 +720,9 @@ impl Session {
                         }
                     }
                 }
-                Phase::Asking(_) | Phase::Committing | Phase::Closed => break,
+                Phase::Asking(_) | Phase::Committing | Phase::Delaying(_) | Phase::Closed => {
+                    break;
+                }
             }
         }
         if self.input.is_empty() && self.input.capacity() > crate::MAX_COMMAND_LINE * 2 {
@@ -732,6 +799,40 @@ impl Session {
             }
             Command::Unknown => self.cmd_unknown(line, now),
         }
+    }
+
+    /// Puts the command delay before `line`, within the delay budget. Returns the line when
+    /// it is to be handled now (no delay, or QUIT and RSET, which Sendmail never delays).
+    fn delay(&mut self, line: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
+        let Some(delay) = &self.command_delay else {
+            return Some(line);
+        };
+        let command = command::verb_name(&line);
+        if matches!(command, "QUIT" | "RSET") || delay.each.is_zero() {
+            return Some(line);
+        }
+        let each = delay.each;
+        let spent = self.stats.delayed;
+        if spent + each > self.cfg.delay_budget {
+            let r = reply::too_busy(&self.cfg.hostname);
+            self.send(&r);
+            self.note(Note::DelayBudgetSpent { spent, command });
+            self.close();
+            return None;
+        }
+        if self
+            .delay_noted_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= DELAY_NOTE_EVERY)
+        {
+            let reason = delay.reason.clone();
+            self.delay_noted_at = Some(now);
+            self.note(Note::Delaying { command, reason });
+        }
+        self.stats.delayed += each;
+        let phase = self.deadline.map_or(WaitPhase::Misc, |(_, p)| p);
+        self.deadline = Some((now + each, phase));
+        self.phase = Phase::Delaying(line);
+        None
     }
 
     /// One command line in rejecting mode (Sendmail's null-server switch).

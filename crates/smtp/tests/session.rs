@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_smtp::{
-    Ask, BareLineEndings, ClientInfo, CommitError, Event, Message, Note, ReversePath, Session,
-    SessionConfig, Verdict, WaitPhase, received_header, reply,
+    Ask, BareLineEndings, ClientInfo, CommandDelay, CommitError, Event, Message, Note, ReversePath,
+    Session, SessionConfig, Verdict, WaitPhase, received_header, reply,
 };
 
 struct Harness {
@@ -770,4 +770,104 @@ fn rejecting_mode_answers_a_slammed_session_line_by_line() {
          500 5.5.1 Command unrecognized: \".\"\r\n\
          221 2.0.0 mx.example.test closing connection\r\n"
     );
+}
+
+fn load_delay() -> Option<CommandDelay> {
+    Some(CommandDelay {
+        each: Duration::from_secs(1),
+        reason: "load average=3 >= 2".to_owned(),
+    })
+}
+
+#[test]
+fn command_delay_holds_each_command_but_quit_rset_and_the_dot() {
+    let mut h = harness();
+    h.session.set_command_delay(load_delay());
+    // EHLO waits 1 s: nothing before, the reply at +1 s; no input is read meanwhile.
+    assert_eq!(h.send(b"EHLO client.example.org\r\n"), "");
+    assert!(!h.session.wants_input());
+    assert_eq!(h.advance(Duration::from_millis(999)), "");
+    assert!(
+        h.advance(Duration::from_millis(1))
+            .starts_with("250-mx.example.test Hello")
+    );
+    assert_eq!(
+        h.notes,
+        vec![Note::Delaying {
+            command: "EHLO",
+            reason: "load average=3 >= 2".to_owned()
+        }]
+    );
+    // A pipelined group waits 1 s per command, in order.
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n"),
+        ""
+    );
+    assert!(h.advance(Duration::from_secs(1)).starts_with("250 2.1.0"));
+    assert!(h.advance(Duration::from_secs(1)).starts_with("250 2.1.5"));
+    assert!(h.advance(Duration::from_secs(1)).starts_with("354"));
+    // The end-of-data dot is answered at once.
+    assert!(
+        h.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+            .starts_with("250 2.0.0")
+    );
+    // RSET and QUIT are never delayed.
+    assert_eq!(h.send(b"RSET\r\n"), "250 2.0.0 Reset state\r\n");
+    assert!(h.send(b"QUIT\r\n").starts_with("221"));
+    // Logged once: the next note is due 15 s after the first.
+    assert_eq!(h.notes.len(), 1);
+    assert_eq!(h.session.stats().delayed, Duration::from_secs(4));
+}
+
+#[test]
+fn command_delay_is_noted_again_after_fifteen_seconds_and_stops_when_cleared() {
+    let mut h = harness();
+    h.session.set_command_delay(load_delay());
+    h.send(b"NOOP\r\n");
+    h.advance(Duration::from_secs(1));
+    h.advance(Duration::from_secs(14));
+    h.send(b"NOOP\r\n");
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.notes.len(), 2, "{:?}", h.notes);
+    h.session.set_command_delay(None);
+    assert_eq!(h.send(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert_eq!(h.session.stats().delayed, Duration::from_secs(2));
+}
+
+#[test]
+fn past_the_delay_budget_the_session_gets_421_instead_of_a_delay() {
+    let mut cfg = config();
+    cfg.delay_budget = Duration::from_secs(2);
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    h.session.set_command_delay(load_delay());
+    h.send(b"NOOP\r\n");
+    assert_eq!(h.advance(Duration::from_secs(1)), "250 2.0.0 OK\r\n");
+    h.send(b"NOOP\r\n");
+    assert_eq!(h.advance(Duration::from_secs(1)), "250 2.0.0 OK\r\n");
+    // The third delay would make 3 s > 2 s: answered at once with 421, and closed.
+    assert_eq!(
+        h.send(b"NOOP\r\n"),
+        "421 4.3.2 mx.example.test Too busy; please try again later\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert_eq!(
+        h.notes.last(),
+        Some(&Note::DelayBudgetSpent {
+            spent: Duration::from_secs(2),
+            command: "NOOP"
+        })
+    );
+}
+
+#[test]
+fn shutdown_during_a_delay_answers_421_at_once() {
+    let mut h = harness();
+    h.session.set_command_delay(load_delay());
+    h.send(b"EHLO client.example.org\r\n");
+    h.session.shutdown();
+    assert_eq!(
+        h.pump(),
+        "421 4.3.2 mx.example.test Service shutting down\r\n"
+    );
+    assert!(h.session.is_closed());
 }

@@ -21,8 +21,8 @@ use std::time::Instant;
 use portcullis_config::Action;
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
-    Ask, ClientInfo, CommitError, Event as SessionEvent, Message, Note, Session, Verdict,
-    received_header, reply,
+    Ask, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Message, Note, Session,
+    Verdict, received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,11 +32,14 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Ticket;
 use crate::clock;
 use crate::greet::{self, Admitted, Opening, Paused};
+use crate::load::LoadAction;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
 const MIN_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
+/// DelayLA's wait before each command (Sendmail sleeps 1 s).
+const DELAY_EACH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the `from=` line needs once the commit is done.
 struct Pending {
@@ -93,6 +96,7 @@ where
         pending: None,
         relay,
         quiet_end: false,
+        log_id: None,
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
@@ -101,6 +105,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown_seen = false;
     loop {
+        session.set_command_delay(driver.command_delay());
         driver.drain_events(&mut session);
         if session.has_output() {
             let out = session.take_output();
@@ -124,6 +129,7 @@ where
             n = rd.read(&mut buf), if session.wants_input() => match n {
                 Ok(0) | Err(_) => session.handle_eof(clock::now()),
                 Ok(n) => {
+                    session.set_command_delay(driver.command_delay());
                     session.handle_input(&buf[..n], clock::now());
                     resize_read_buffer(&mut buf, n);
                 }
@@ -194,6 +200,8 @@ struct Driver {
     /// No "did not issue MAIL" line at the end (dropped talker, shutdown in the pause,
     /// refused by admission).
     quiet_end: bool,
+    /// The id of log lines about this session before it has a queue id (made on first use).
+    log_id: Option<String>,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -273,6 +281,28 @@ impl Driver {
         Some(session)
     }
 
+    /// DelayLA: 1 s before each command while a `delay_*` threshold of `[load]` is reached.
+    fn command_delay(&self) -> Option<CommandDelay> {
+        let reading = self
+            .shared
+            .load
+            .over(&self.rt.config.load, LoadAction::Delay)?;
+        Some(CommandDelay {
+            each: DELAY_EACH,
+            reason: reading.to_string(),
+        })
+    }
+
+    /// The session's queue id, or else an id made once for its log lines.
+    fn log_id(&mut self, session: &Session) -> String {
+        if let Some(qid) = session.queue_id() {
+            return qid.to_owned();
+        }
+        self.log_id
+            .get_or_insert_with(|| self.shared.ids.next(clock::unix_secs()).as_str().to_owned())
+            .clone()
+    }
+
     fn log_pregreet(&self, pregreet: &Pregreet, action: Action, entry: Option<&str>) {
         let qid = self.shared.ids.next(clock::unix_secs());
         self.shared.telemetry.emit(Event::Pregreet {
@@ -292,7 +322,7 @@ impl Driver {
             match ev {
                 SessionEvent::Ask(ask) => self.answer(session, &ask),
                 SessionEvent::Commit(message) => self.commit(session, *message),
-                SessionEvent::Note(note) => self.record(session, &note),
+                SessionEvent::Note(note) => self.record(session, note),
             }
         }
     }
@@ -414,7 +444,31 @@ impl Driver {
         }
     }
 
-    fn record(&self, session: &Session, note: &Note) {
+    fn record(&mut self, session: &Session, note: Note) {
+        match note {
+            Note::Delaying { command, reason } => {
+                let qid = self.log_id(session);
+                self.shared.telemetry.emit(Event::Delaying {
+                    qid: &qid,
+                    relay: &self.relay,
+                    command,
+                    reason: &reason,
+                });
+                return;
+            }
+            Note::DelayBudgetSpent { spent, command } => {
+                let qid = self.log_id(session);
+                self.shared.telemetry.emit(Event::DelayBudgetSpent {
+                    qid: &qid,
+                    relay: &self.relay,
+                    command,
+                    spent,
+                    budget: self.rt.session.delay_budget,
+                });
+                return;
+            }
+            _ => {}
+        }
         let t = &self.shared.telemetry;
         let qid = session.queue_id();
         let relay = self.relay.as_str();
@@ -445,7 +499,7 @@ impl Driver {
                     t.emit(Event::LostInput {
                         qid,
                         relay,
-                        in_data: *in_data,
+                        in_data,
                     });
                 }
             }
@@ -455,10 +509,11 @@ impl Driver {
                     qid,
                     relay,
                     reply: &reply,
-                    size: *size,
+                    size,
                 });
             }
             Note::TooManyBadCommands => t.emit(Event::TooManyBadCommands { relay }),
+            Note::Delaying { .. } | Note::DelayBudgetSpent { .. } => {} // Logged above.
         }
     }
 }

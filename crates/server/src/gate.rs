@@ -1,5 +1,10 @@
 //! Server-wide admission at the accept loops: Sendmail's MaxDaemonChildren
-//! (`[limits] max_sessions`) and ConnectionRateThrottle (`connection_rate_throttle`).
+//! (`[limits] max_sessions`), ConnectionRateThrottle (`connection_rate_throttle`) and
+//! RefuseLA (the `refuse_*` thresholds of `[load]`, see [`crate::load`]).
+//!
+//! While a refuse threshold is reached the loops accept nothing (new clients wait in the
+//! kernel backlog) and look again every second; an accept loop idle in `accept()` looks too,
+//! so a refusal does not wait for the next client to take effect.
 //!
 //! Role: before each accept, wait for a session slot (`max_sessions_action = "wait"`: new
 //! clients wait in the kernel backlog) and for the rate to allow one more connection (the
@@ -21,8 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::load::{LoadAction, Reading};
 use crate::state::Shared;
 use crate::telemetry::Event;
+
+/// How often a refusing accept loop looks at the load again.
+const LOAD_RECHECK: Duration = Duration::from_secs(1);
 
 /// The accept loops' shared limits.
 #[derive(Debug)]
@@ -31,6 +40,8 @@ pub struct Gate {
     max: u32,
     action: MaxSessionsAction,
     waiting: AtomicBool,
+    /// Not accepting because a `refuse_*` load threshold is reached.
+    refusing: AtomicBool,
     rate: u32,
     /// The current one-second window's start and the connections let through in it.
     window: Mutex<(Option<Instant>, u32)>,
@@ -45,6 +56,7 @@ impl Gate {
             max,
             action: limits.max_sessions_action,
             waiting: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             rate: limits.connection_rate_throttle,
             window: Mutex::new((None, 0)),
         }
@@ -57,6 +69,7 @@ impl Gate {
         shared: &Shared,
         shutdown: &CancellationToken,
     ) -> Option<Option<OwnedSemaphorePermit>> {
+        self.wait_for_load(shared, shutdown).await?;
         let permit = match &self.sessions {
             Some(sem) if self.action == MaxSessionsAction::Wait => {
                 match sem.clone().try_acquire_owned() {
@@ -95,6 +108,45 @@ impl Gate {
             }
         }
         Some(permit)
+    }
+
+    /// While a `refuse_*` threshold of `[load]` is reached, accepts nothing (Sendmail's
+    /// RefuseLA; new clients wait in the kernel backlog), looking again every second. None
+    /// when shutdown came first.
+    async fn wait_for_load(&self, shared: &Shared, shutdown: &CancellationToken) -> Option<()> {
+        loop {
+            let Some(reading) = self.load_refuses(shared) else {
+                if self.refusing.swap(false, Ordering::Relaxed) {
+                    shared.telemetry.emit(Event::DaemonAccepting);
+                }
+                return Some(());
+            };
+            if !self.refusing.swap(true, Ordering::Relaxed) {
+                shared.telemetry.emit(Event::DaemonRefusingLoad { reading });
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(LOAD_RECHECK) => {}
+            }
+        }
+    }
+
+    /// The reading that makes the accept loops stop, if any. Sessions in flight are counted
+    /// now rather than taken from the last sample, so the limit is exact.
+    pub fn load_refuses(&self, shared: &Shared) -> Option<Reading> {
+        shared.load.set_sessions_pct(self.sessions_pct());
+        shared
+            .load
+            .over(&shared.runtime.load().config.load, LoadAction::Refuse)
+    }
+
+    /// Sessions in flight in percent of `max_sessions` (None when there is no limit).
+    pub fn sessions_pct(&self) -> Option<u32> {
+        let sem = self.sessions.as_ref()?;
+        let max = self.max.max(1) as usize;
+        let used = max.saturating_sub(sem.available_permits());
+        u32::try_from(used * 100 / max).ok()
     }
 
     /// Counts one connection in the current second; or, when the second is full, when the

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod gate;
 pub mod greet;
 pub mod hold;
+pub mod load;
 pub mod queue;
 pub mod serve;
 pub mod state;

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::load::LoadAction;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
@@ -38,6 +39,8 @@ pub const MAX_ACTIVE: usize = 20_000;
 const BATCH: usize = 32;
 /// Delivery workers (blocking threads) at once.
 const WORKERS: usize = 4;
+/// How often held delivery looks at the load again.
+const LOAD_RECHECK: Duration = Duration::from_secs(1);
 /// How often the spool directory is rescanned anyway.
 const RESCAN_EVERY: Duration = Duration::from_secs(300);
 
@@ -149,14 +152,36 @@ pub async fn run(
     }
     let mut workers: JoinSet<Vec<(QueueId, Outcome)>> = JoinSet::new();
     let mut last_scan = clock::now();
+    let mut held = false;
     loop {
-        while workers.len() < WORKERS && !sched.ready.is_empty() {
+        // QueueLA: while a `queue_*` threshold is reached, nothing new starts; mail keeps
+        // being accepted and waits in the spool.
+        let over = shared
+            .load
+            .over(&shared.runtime.load().config.load, LoadAction::Queue);
+        match (over, held) {
+            (Some(reading), false) => {
+                held = true;
+                shared.telemetry.emit(Event::DeliveryHeld { reading });
+            }
+            (None, true) => {
+                held = false;
+                shared.telemetry.emit(Event::DeliveryResumed);
+            }
+            _ => {}
+        }
+        while !held && workers.len() < WORKERS && !sched.ready.is_empty() {
             let n = sched.ready.len().min(BATCH);
             let batch: Vec<QueueId> = sched.ready.drain(..n).collect();
             let shared = shared.clone();
             workers.spawn_blocking(move || deliver_batch(&shared, &batch));
         }
-        let wake = sched.next_wake(clock::unix_secs());
+        // With a `queue_*` threshold set, the load is looked at every second, so holding
+        // and resuming (and their log lines) follow it even while nothing arrives.
+        let mut wake = sched.next_wake(clock::unix_secs());
+        if held || has_queue_threshold(&shared.runtime.load().config.load) {
+            wake = wake.min(LOAD_RECHECK);
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(id) = rx.rx.recv() => {
@@ -188,6 +213,10 @@ pub async fn run(
         }
     }
     while workers.join_next().await.is_some() {}
+}
+
+fn has_queue_threshold(load: &portcullis_config::LoadConfig) -> bool {
+    load.queue_la > 0 || load.queue_sessions_pct > 0 || !load.queue_lag.is_zero()
 }
 
 /// One worker's batch, on a blocking thread. Group commit on the delivery side: every

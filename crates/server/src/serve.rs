@@ -32,6 +32,7 @@ use crate::access::{self, LoadedMap};
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::gate::{self, Gate, Slot};
 use crate::hold::Holder;
+use crate::load::{self, LoadMonitor};
 use crate::queue::{self, QueueHandle, QueueReceiver};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{Event, Telemetry};
@@ -121,6 +122,7 @@ pub fn build_with_names(
         passed: Mutex::new(PassCache::new(gp.pass_ttl, gp.pass_cache_max)),
         reload_lock: Mutex::new(()),
         anvil,
+        load: LoadMonitor::new(),
     });
     Ok(Built {
         shared,
@@ -192,6 +194,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let holder = Holder::start(shared.clone(), shutdown.clone(), sessions.clone())
         .context("cannot start the greeting-pause holder")?;
     let gate = Arc::new(Gate::new(&shared.runtime.load().config.limits));
+    tokio::spawn(load::sample(shared.clone(), gate.clone(), shutdown.clone()));
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });
@@ -299,6 +302,9 @@ fn load_runtime_files(path: &Path) -> Result<(Config, LoadedMap), String> {
     Ok((config.config, access))
 }
 
+/// How often an accept loop waiting for a client looks at the load.
+const LOAD_RECHECK: Duration = Duration::from_secs(1);
+
 /// Accepts connections and hands each to the pause holder.
 async fn accept_loop(
     shared: Arc<Shared>,
@@ -311,10 +317,22 @@ async fn accept_loop(
         let Some(mut slot) = gate.before_accept(&shared, &shutdown).await else {
             return;
         };
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            r = listener.accept() => r,
+        // While waiting for a client, look at the load every second: a refusal by load
+        // must not wait for the next connection to take effect.
+        let accepted = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => break Some(r),
+                () = tokio::time::sleep(LOAD_RECHECK) => {
+                    if gate.load_refuses(&shared).is_some() {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(accepted) = accepted else {
+            continue; // Back to the gate, which waits for the load to drop.
         };
         match accepted {
             Ok((stream, peer)) => {

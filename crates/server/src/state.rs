@@ -4,7 +4,8 @@
 //! policy, the access map, the name resolver); it sits in an `ArcSwap` so SIGHUP (or a changed
 //! access file) replaces it atomically while sessions in flight keep the one they started with.
 //! [`Shared`] holds the long-lived handles (telemetry, spool, committer, queue-id generator,
-//! queue runner notifier, the greet-pause pass cache, the per-client connection counts).
+//! queue runner notifier, the greet-pause pass cache, the per-client connection counts, the
+//! load readings).
 //!
 //! Must not: hold locks across awaits; everything here is either immutable or internally
 //! synchronised, and every lock is held for a map operation only.
@@ -26,6 +27,7 @@ use portcullis_spool::{Committer, QueueIdGen, Spool};
 
 use crate::access::{FileStamp, LoadedMap};
 use crate::dns::ReverseLookup;
+use crate::load::LoadMonitor;
 use crate::queue::QueueHandle;
 use crate::telemetry::Telemetry;
 
@@ -65,6 +67,7 @@ impl Runtime {
                 BareLf::Normalize => BareLineEndings::Normalize,
             },
             timeouts: config.timeouts,
+            delay_budget: config.limits.session_delay_budget,
             ..SessionConfig::new(config.server.hostname.clone())
         };
         let recipients = LocalRecipients::new(
@@ -114,6 +117,8 @@ pub struct Shared {
     pub reload_lock: Mutex<()>,
     /// Per-client connection counts (rate and concurrency).
     pub anvil: Arc<MemoryAnvil>,
+    /// Load readings for `[load]`.
+    pub load: LoadMonitor,
 }
 
 impl Shared {

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use portcullis_config::{LogDestination, LogFormat};
 
 use crate::clock;
+use crate::load::Reading;
 
 /// Syslog severity of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +201,29 @@ pub enum Event<'a> {
     AccessMapReloadFailed { path: &'a str, error: &'a str },
     /// Client names cannot be looked up; sessions go on with addresses only.
     DnsUnavailable { error: &'a str },
+    /// A `refuse_*` load threshold is reached: accepting stops (Sendmail's RefuseLA wording).
+    DaemonRefusingLoad { reading: Reading },
+    /// The load-average file cannot be read; the load-average thresholds are inactive.
+    LoadUnavailable { path: &'a str, error: &'a str },
+    /// Commands of a session are delayed (Sendmail's DelayLA line).
+    Delaying {
+        qid: &'a str,
+        relay: &'a str,
+        command: &'a str,
+        reason: &'a str,
+    },
+    /// A delay would have passed `limits.session_delay_budget`: 421 and close instead.
+    DelayBudgetSpent {
+        qid: &'a str,
+        relay: &'a str,
+        command: &'a str,
+        spent: std::time::Duration,
+        budget: std::time::Duration,
+    },
+    /// A `queue_*` load threshold is reached: delivery waits (mail is still accepted).
+    DeliveryHeld { reading: Reading },
+    /// Below every `queue_*` threshold again: delivery goes on.
+    DeliveryResumed,
 }
 
 /// An event rendered once.
@@ -524,6 +548,63 @@ impl Event<'_> {
                 Warning,
                 None,
                 format!("client host names will not be looked up: {error}"),
+            ),
+            Self::DaemonRefusingLoad { reading } => r(
+                "load_refusing",
+                Notice,
+                None,
+                format!("rejecting connections on daemon MTA: {}", reading.value()),
+            )
+            .with("signal", reading.signal())
+            .with("reading", &reading.to_string()),
+            Self::LoadUnavailable { path, error } => r(
+                "load_unavailable",
+                Warning,
+                None,
+                format!(
+                    "cannot read the load average from {path}: {error}; the *_la thresholds of [load] are inactive until it reads again"
+                ),
+            ),
+            Self::Delaying {
+                qid,
+                relay,
+                command,
+                reason,
+            } => r(
+                "load_delaying",
+                Info,
+                Some(qid),
+                format!("delaying={command}, {reason}"),
+            )
+            .with("relay", relay),
+            Self::DelayBudgetSpent {
+                qid,
+                relay,
+                command,
+                spent,
+                budget,
+            } => r(
+                "session_delay_budget_spent",
+                Notice,
+                Some(qid),
+                format!(
+                    "{relay}: delay budget spent ({}s of {}s) before {command}; replied 421 4.3.2 Too busy",
+                    spent.as_secs(),
+                    budget.as_secs()
+                ),
+            ),
+            Self::DeliveryHeld { reading } => r(
+                "load_delivery_held",
+                Notice,
+                None,
+                format!("holding delivery: {reading}; mail is still accepted"),
+            )
+            .with("signal", reading.signal()),
+            Self::DeliveryResumed => r(
+                "load_delivery_resumed",
+                Notice,
+                None,
+                "delivery resumed: load below queue thresholds".to_owned(),
             ),
         }
     }

@@ -21,6 +21,8 @@
 //! - `SIGTERM`         the server starts shutting down
 //! - `SHUT`            the client closes its sending side (FIN)
 //! - `RECONNECT`       a new connection from the same peer to the same server state
+//! - `LOAD 2.40`       the 1-minute load average is now 2.40 (written to the transcript's own
+//!   `load.loadavg_file`, which starts at 0.00, and read at once)
 //!
 //! Every `S:`/`S~`/`SILENT`/`CLOSED` is checked WITHOUT letting virtual time move: the server
 //! must have answered by the current instant. Only `+N` advances time, so a transcript pins
@@ -166,6 +168,9 @@ fn run_file(path: &Path) {
         dir.path().display(),
         dir.path().display()
     );
+    let loadavg = dir.path().join("loadavg");
+    std::fs::write(&loadavg, "0.00 0.00 0.00 1/100 1\n").unwrap();
+    toml.push_str(&format!("load.loadavg_file = \"{}\"\n", loadavg.display()));
     for line in &script.config {
         toml.push_str(line);
         toml.push('\n');
@@ -200,6 +205,7 @@ fn run_file(path: &Path) {
         let names = Arc::new(StaticNames::new(script.names.clone()));
         let built = build_with_names(config, telemetry, inline, names).unwrap();
         let shared = built.shared;
+        shared.load.refresh_loadavg(&loadavg, &shared.telemetry);
         let token = CancellationToken::new();
         let connect = || {
             let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -223,6 +229,11 @@ fn run_file(path: &Path) {
                 drop(client);
                 let _ = tokio::time::timeout(Duration::from_secs(3600), server).await;
                 (client, server) = connect();
+                continue;
+            }
+            if let Some(value) = step.strip_prefix("LOAD ") {
+                std::fs::write(&loadavg, format!("{value} 0.00 0.00 1/100 1\n")).unwrap();
+                shared.load.refresh_loadavg(&loadavg, &shared.telemetry);
                 continue;
             }
             run_step(&mut client, step, &shared, &token, &at).await;

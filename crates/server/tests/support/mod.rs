@@ -178,6 +178,7 @@ impl Server {
             child: None,
             logs: Vec::new(),
         };
+        server.set_loadavg("0.00");
         for attempt in 1..=5 {
             server.listen = pick();
             server.write_config(extra);
@@ -199,12 +200,27 @@ impl Server {
             .collect::<Vec<_>>()
             .join(", ");
         let base = format!(
-            "[server]\nhostname = {}\nlisten = [{listen}]\nspool_dir = {}\n\n[local]\ndomains = [\"localhost\", \"example.test\"]\nmaildir_root = {}\n\n[greet_pause]\ndefault = \"0s\"\n\n[dns]\nreverse = false\n",
+            "[server]\nhostname = {}\nlisten = [{listen}]\nspool_dir = {}\n\n[local]\ndomains = [\"localhost\", \"example.test\"]\nmaildir_root = {}\n\n[greet_pause]\ndefault = \"0s\"\n\n[dns]\nreverse = false\n\n[load]\nloadavg_file = {}\n",
             toml_str(HOSTNAME),
             toml_str(&self.spool_dir().display().to_string()),
             toml_str(&self.maildir_root().display().to_string()),
+            toml_str(&self.loadavg_path().display().to_string()),
         );
         merge_toml(&base, extra)
+    }
+
+    /// The server's load-average file (the base configuration's `load.loadavg_file`); it
+    /// reads 0.00 until [`Server::set_loadavg`] changes it, whatever the machine's load.
+    pub fn loadavg_path(&self) -> PathBuf {
+        self.dir.path().join("loadavg")
+    }
+
+    /// Makes the server's 1-minute load average `value` (e.g. "2.40").
+    pub fn set_loadavg(&self, value: &str) {
+        write_atomically(
+            &self.loadavg_path(),
+            &format!("{value} 0.00 0.00 1/100 1\n"),
+        );
     }
 
     /// Rewrites the configuration file (base merged with `extra`) atomically.

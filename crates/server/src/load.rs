@@ -1,0 +1,327 @@
+//! Load signals and the three load actions (`[load]`): Sendmail's RefuseLA, DelayLA and
+//! QueueLA, on the 1-minute load average and on two signals of this server itself.
+//!
+//! Role: keep the current readings ([`LoadMonitor`]) and say whether an action's threshold is
+//! reached ([`LoadMonitor::over`]). The accept loops stop accepting on [`LoadAction::Refuse`]
+//! (see [`crate::gate`]), sessions wait 1 s before each command on [`LoadAction::Delay`] (the
+//! driver hands the session a [`portcullis_smtp::CommandDelay`]), and the queue runner holds
+//! delivery on [`LoadAction::Queue`].
+//!
+//! The signals:
+//! - the load average, read from `loadavg_file` (first field) once a second and rounded as
+//!   Sendmail rounds it (`(int)(x + 0.5)`: 0.5 already counts as 1);
+//! - sessions in flight in percent of `limits.max_sessions`;
+//! - event-loop lag: how late a 100 ms tick fires, the worst of the last second. Unlike the
+//!   load average it measures this server, not the machine, and it is the first thing to
+//!   grow when the server has more work than cores.
+//!
+//! Must not: block. Readings are atomics; the sampler task is the only writer (tests call
+//! [`LoadMonitor::refresh_loadavg`] themselves).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use portcullis_config::LoadConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::gate::Gate;
+use crate::state::Shared;
+use crate::telemetry::{Event, Telemetry};
+
+/// No reading yet (or the file cannot be read): never over any threshold.
+const UNKNOWN: u32 = u32::MAX;
+
+/// How often the lag tick fires.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Ticks per second: the lag reported is the worst of this many.
+const TICKS_PER_READING: usize = 10;
+
+/// The three load actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadAction {
+    /// Stop accepting connections (RefuseLA).
+    Refuse,
+    /// Wait 1 s before each command (DelayLA).
+    Delay,
+    /// Accept, but hold delivery (QueueLA).
+    Queue,
+}
+
+/// A signal at or over its threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// The rounded load average and its threshold.
+    LoadAverage { value: u32, threshold: u32 },
+    /// Sessions in flight in percent of `max_sessions`, and the threshold.
+    Sessions { pct: u32, threshold: u8 },
+    /// Event-loop lag and its threshold.
+    Lag {
+        value: Duration,
+        threshold: Duration,
+    },
+}
+
+impl Reading {
+    /// The value alone, as Sendmail's `rejecting connections on daemon MTA: load average: N`
+    /// names it.
+    pub fn value(&self) -> String {
+        match *self {
+            Self::LoadAverage { value, .. } => format!("load average: {value}"),
+            Self::Sessions { pct, .. } => format!("sessions: {pct}% of max_sessions"),
+            Self::Lag { value, .. } => format!("event loop lag: {}ms", value.as_millis()),
+        }
+    }
+
+    /// The signal's name, for structured fields.
+    pub fn signal(&self) -> &'static str {
+        match self {
+            Self::LoadAverage { .. } => "load_average",
+            Self::Sessions { .. } => "sessions",
+            Self::Lag { .. } => "lag",
+        }
+    }
+}
+
+/// The comparison, as Sendmail's `delaying=EHLO, load average=1 >= 1` words it.
+impl fmt::Display for Reading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::LoadAverage { value, threshold } => {
+                write!(f, "load average={value} >= {threshold}")
+            }
+            Self::Sessions { pct, threshold } => write!(f, "sessions={pct}% >= {threshold}%"),
+            Self::Lag { value, threshold } => write!(
+                f,
+                "event loop lag={}ms >= {}ms",
+                value.as_millis(),
+                threshold.as_millis()
+            ),
+        }
+    }
+}
+
+/// The current readings.
+#[derive(Debug)]
+pub struct LoadMonitor {
+    /// The rounded load average, or [`UNKNOWN`].
+    loadavg: AtomicU32,
+    /// Sessions in flight in percent of `max_sessions`, or [`UNKNOWN`].
+    sessions_pct: AtomicU32,
+    /// Worst lag of the last second, in microseconds.
+    lag_us: AtomicU64,
+    /// The load-average file failed to read last time (so the failure is logged once).
+    unreadable: AtomicBool,
+}
+
+impl Default for LoadMonitor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LoadMonitor {
+    /// No readings yet: nothing is over any threshold.
+    pub fn new() -> Self {
+        Self {
+            loadavg: AtomicU32::new(UNKNOWN),
+            sessions_pct: AtomicU32::new(UNKNOWN),
+            lag_us: AtomicU64::new(0),
+            unreadable: AtomicBool::new(false),
+        }
+    }
+
+    /// The first signal at or over `action`'s threshold in `cfg`, if any (load average first,
+    /// then sessions, then lag).
+    pub fn over(&self, cfg: &LoadConfig, action: LoadAction) -> Option<Reading> {
+        let (la, pct, lag) = match action {
+            LoadAction::Refuse => (cfg.refuse_la, cfg.refuse_sessions_pct, cfg.refuse_lag),
+            LoadAction::Delay => (cfg.delay_la, cfg.delay_sessions_pct, cfg.delay_lag),
+            LoadAction::Queue => (cfg.queue_la, cfg.queue_sessions_pct, cfg.queue_lag),
+        };
+        let value = self.loadavg.load(Ordering::Relaxed);
+        if la > 0 && value != UNKNOWN && value >= la {
+            return Some(Reading::LoadAverage {
+                value,
+                threshold: la,
+            });
+        }
+        let now = self.sessions_pct.load(Ordering::Relaxed);
+        if pct > 0 && now != UNKNOWN && now >= u32::from(pct) {
+            return Some(Reading::Sessions {
+                pct: now,
+                threshold: pct,
+            });
+        }
+        let value = Duration::from_micros(self.lag_us.load(Ordering::Relaxed));
+        if !lag.is_zero() && value >= lag {
+            return Some(Reading::Lag {
+                value,
+                threshold: lag,
+            });
+        }
+        None
+    }
+
+    /// Reads the load average from `path` (first field, rounded as Sendmail does). A file
+    /// that cannot be read or parsed leaves the signal unknown (never over) and is reported
+    /// once until it reads again.
+    pub fn refresh_loadavg(&self, path: &Path, telemetry: &Telemetry) {
+        match read_loadavg(path) {
+            Ok(value) => {
+                self.loadavg.store(value, Ordering::Relaxed);
+                self.unreadable.store(false, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.loadavg.store(UNKNOWN, Ordering::Relaxed);
+                if !self.unreadable.swap(true, Ordering::Relaxed) {
+                    telemetry.emit(Event::LoadUnavailable {
+                        path: &path.display().to_string(),
+                        error: &error,
+                    });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set_sessions_pct(&self, pct: Option<u32>) {
+        self.sessions_pct
+            .store(pct.unwrap_or(UNKNOWN), Ordering::Relaxed);
+    }
+
+    fn set_lag(&self, lag: Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.lag_us.store(us, Ordering::Relaxed);
+    }
+}
+
+/// The first field of a `/proc/loadavg`-style file, rounded: `(int)(x + 0.5)`.
+fn read_loadavg(path: &Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    parse_loadavg(&text)
+}
+
+fn parse_loadavg(text: &str) -> Result<u32, String> {
+    let first = text.split_ascii_whitespace().next().unwrap_or_default();
+    match first.parse::<f64>() {
+        // The cast saturates; a load average is never near u32::MAX anyway.
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok((x + 0.5) as u32),
+        _ => Err(format!(
+            "{first:?} is not a load average (expected the format of /proc/loadavg)"
+        )),
+    }
+}
+
+/// Updates the readings until shutdown: the lag every tick, sessions every tick, the load
+/// average once a second.
+pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: CancellationToken) {
+    let mut worst = [Duration::ZERO; TICKS_PER_READING];
+    let mut tick = 0usize;
+    loop {
+        let started = clock::now();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(TICK) => {}
+        }
+        let late = clock::now()
+            .saturating_duration_since(started)
+            .saturating_sub(TICK);
+        worst[tick % TICKS_PER_READING] = late;
+        shared
+            .load
+            .set_lag(worst.iter().copied().max().unwrap_or_default());
+        shared.load.set_sessions_pct(gate.sessions_pct());
+        if tick.is_multiple_of(TICKS_PER_READING) {
+            let rt = shared.runtime.load();
+            shared
+                .load
+                .refresh_loadavg(&rt.config.load.loadavg_file, &shared.telemetry);
+        }
+        tick = tick.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_as_sendmail() {
+        let table: &[(&str, Result<u32, ()>)] = &[
+            ("0.00 0.01 0.05 1/100 42\n", Ok(0)),
+            ("0.49 0.5 0.5 1/1 1", Ok(0)),
+            ("0.50 0.5 0.5 1/1 1", Ok(1)),
+            ("0.94 1 1 1/1 1", Ok(1)),
+            ("1.49", Ok(1)),
+            ("12.51 3 3", Ok(13)),
+            ("", Err(())),
+            ("abc 1 2", Err(())),
+            ("-1.0 1 1", Err(())),
+            ("NaN 1 1", Err(())),
+            ("inf 1 1", Err(())),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_loadavg(text).map_err(|_| ()), *want, "{text:?}");
+        }
+    }
+
+    fn cfg() -> LoadConfig {
+        LoadConfig {
+            refuse_la: 4,
+            delay_la: 2,
+            queue_la: 0,
+            refuse_sessions_pct: 0,
+            delay_sessions_pct: 0,
+            queue_sessions_pct: 80,
+            refuse_lag: Duration::from_millis(200),
+            delay_lag: Duration::ZERO,
+            queue_lag: Duration::ZERO,
+            ..LoadConfig::default()
+        }
+    }
+
+    #[test]
+    fn thresholds_are_at_or_over_and_zero_is_off() {
+        let m = LoadMonitor::new();
+        let c = cfg();
+        // Nothing read yet: never over.
+        for action in [LoadAction::Refuse, LoadAction::Delay, LoadAction::Queue] {
+            assert_eq!(m.over(&c, action), None);
+        }
+        m.loadavg.store(2, Ordering::Relaxed);
+        assert_eq!(
+            m.over(&c, LoadAction::Delay),
+            Some(Reading::LoadAverage {
+                value: 2,
+                threshold: 2
+            })
+        );
+        assert_eq!(m.over(&c, LoadAction::Refuse), None);
+        assert_eq!(m.over(&c, LoadAction::Queue), None, "queue_la = 0 is off");
+        m.set_sessions_pct(Some(80));
+        assert_eq!(
+            m.over(&c, LoadAction::Queue),
+            Some(Reading::Sessions {
+                pct: 80,
+                threshold: 80
+            })
+        );
+        m.set_lag(Duration::from_millis(250));
+        let r = m.over(&c, LoadAction::Refuse);
+        assert_eq!(
+            r.map(|r| r.to_string()).as_deref(),
+            Some("event loop lag=250ms >= 200ms")
+        );
+        m.loadavg.store(5, Ordering::Relaxed);
+        // The load average is looked at first.
+        assert_eq!(
+            m.over(&c, LoadAction::Refuse).map(|r| r.value()).as_deref(),
+            Some("load average: 5")
+        );
+    }
+}

@@ -13,7 +13,8 @@
 //! - sessions in flight in percent of `limits.max_sessions`;
 //! - event-loop lag: how late a 100 ms tick fires, the worst of the last second. Unlike the
 //!   load average it measures this server, not the machine, and it is the first thing to
-//!   grow when the server has more work than cores.
+//!   grow when the server has more work than cores. A tick that is overdue right now counts
+//!   at once, so the first check after a stall sees it.
 //!
 //! Must not: block. Readings are atomics; the sampler task is the only writer (tests call
 //! [`LoadMonitor::refresh_loadavg`] themselves).
@@ -22,7 +23,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_config::LoadConfig;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +115,11 @@ pub struct LoadMonitor {
     sessions_pct: AtomicU32,
     /// Worst lag of the last second, in microseconds.
     lag_us: AtomicU64,
+    /// When the sampler's pending tick is due, in nanoseconds after `base` (0: none). A
+    /// tick that is late right now counts as lag at once, so a stalled loop is seen by the
+    /// first check after it, not only once the sampler runs again.
+    tick_due_ns: AtomicU64,
+    base: Instant,
     /// The load-average file failed to read last time (so the failure is logged once).
     unreadable: AtomicBool,
 }
@@ -131,6 +137,8 @@ impl LoadMonitor {
             loadavg: AtomicU32::new(UNKNOWN),
             sessions_pct: AtomicU32::new(UNKNOWN),
             lag_us: AtomicU64::new(0),
+            tick_due_ns: AtomicU64::new(0),
+            base: clock::now(),
             unreadable: AtomicBool::new(false),
         }
     }
@@ -157,7 +165,7 @@ impl LoadMonitor {
                 threshold: pct,
             });
         }
-        let value = Duration::from_micros(self.lag_us.load(Ordering::Relaxed));
+        let value = self.lag();
         if !lag.is_zero() && value >= lag {
             return Some(Reading::Lag {
                 value,
@@ -193,6 +201,26 @@ impl LoadMonitor {
             .store(pct.unwrap_or(UNKNOWN), Ordering::Relaxed);
     }
 
+    /// The worst lag of the last second, or the pending tick's lateness if that is worse.
+    fn lag(&self) -> Duration {
+        let sampled = Duration::from_micros(self.lag_us.load(Ordering::Relaxed));
+        let due = self.tick_due_ns.load(Ordering::Relaxed);
+        if due == 0 {
+            return sampled;
+        }
+        let due = self.base + Duration::from_nanos(due);
+        sampled.max(clock::now().saturating_duration_since(due))
+    }
+
+    fn set_tick_due(&self, at: Option<Instant>) {
+        let ns = at.map_or(0, |at| {
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.tick_due_ns.store(ns, Ordering::Relaxed);
+    }
+
     fn set_lag(&self, lag: Duration) {
         let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
         self.lag_us.store(us, Ordering::Relaxed);
@@ -222,15 +250,15 @@ pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: Cancellation
     let mut worst = [Duration::ZERO; TICKS_PER_READING];
     let mut tick = 0usize;
     loop {
-        let started = clock::now();
+        let due = clock::now() + TICK;
+        shared.load.set_tick_due(Some(due));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(TICK) => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
         }
-        let late = clock::now()
-            .saturating_duration_since(started)
-            .saturating_sub(TICK);
+        let late = clock::now().saturating_duration_since(due);
+        shared.load.set_tick_due(None);
         worst[tick % TICKS_PER_READING] = late;
         shared
             .load
@@ -283,6 +311,26 @@ mod tests {
             queue_lag: Duration::ZERO,
             ..LoadConfig::default()
         }
+    }
+
+    #[test]
+    fn an_overdue_tick_counts_as_lag_at_once() {
+        let m = LoadMonitor::new();
+        let c = LoadConfig {
+            refuse_lag: Duration::from_millis(200),
+            ..LoadConfig::default()
+        };
+        m.set_tick_due(Some(m.base));
+        // Due at `base`: it is at least as late as the time since the monitor was made.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(m.lag() >= Duration::from_millis(250));
+        assert!(matches!(
+            m.over(&c, LoadAction::Refuse),
+            Some(Reading::Lag { .. })
+        ));
+        m.set_tick_due(None);
+        assert_eq!(m.lag(), Duration::ZERO);
+        assert_eq!(m.over(&c, LoadAction::Refuse), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use support::{Server, Smtp, local};
 
 const MESSAGE: &str = "Subject: load\r\n\r\nhello\r\n";
@@ -126,4 +127,31 @@ fn refuse_sessions_pct_counts_sessions_in_flight_exactly() {
     let mut first = open.remove(0);
     assert_eq!(first.cmd("QUIT").0, 221);
     assert_eq!(sixth.read_reply().0, 220);
+}
+
+#[test]
+fn refuse_lag_sees_a_stalled_server_at_the_first_check_after_the_stall() {
+    let server = Server::start("[load]\nrefuse_lag = \"300ms\"\n");
+    let mut c = Smtp::connect(server.addr());
+    assert_eq!(c.read_reply().0, 220);
+    // The whole process stops for 1.5 s: when it runs again, its event loop is 1.5 s late.
+    server.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    server.signal(Signal::SIGCONT);
+    assert!(
+        server.wait_log(
+            "rejecting connections on daemon MTA: event loop lag: ",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+    // The lag is gone a second later, and accepting resumes by itself.
+    assert!(server.wait_log(
+        "accepting connections again for daemon MTA",
+        Duration::from_secs(5)
+    ));
+    let mut after = Smtp::connect_from(server.addr(), local(4));
+    assert_eq!(after.read_reply().0, 220);
+    assert_eq!(c.cmd("QUIT").0, 221);
 }

@@ -65,7 +65,12 @@ pub fn load_file(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
 
 /// Validates `src`; `origin` names it in diagnostics and in `Config::origin`.
 pub fn load_str(src: &str, origin: &str) -> Result<Loaded, Vec<Diagnostic>> {
-    load_with(src, origin, &validate::machine_hostname)
+    load_with(
+        src,
+        origin,
+        &validate::machine_hostname,
+        model::online_cpus(),
+    )
 }
 
 /// The embedded default configuration, validated like any file.
@@ -73,17 +78,19 @@ pub fn embedded_default() -> Result<Loaded, Vec<Diagnostic>> {
     load_str(DEFAULT_CONFIG, EMBEDDED_ORIGIN)
 }
 
-/// `load_str` with the source of the machine's host name as a parameter (for tests).
+/// `load_str` with the source of the machine's host name and its CPU count (for
+/// `[load]`'s `"auto"`) as parameters (for tests).
 fn load_with(
     src: &str,
     origin: &str,
     system_hostname: HostnameSource<'_>,
+    cpus: u32,
 ) -> Result<Loaded, Vec<Diagnostic>> {
     let mut report = Report::new(origin, src);
     // Shape errors do not stop here: the surviving keys are still checked for meaning, so
     // one run shows everything. Only TOML syntax errors return None.
-    let config =
-        raw::parse(src, &mut report).map(|raw| validate::config(raw, &mut report, system_hostname));
+    let config = raw::parse(src, &mut report)
+        .map(|raw| validate::config(raw, &mut report, system_hostname, cpus));
     match config {
         Some(config) if !report.has_errors() => Ok(Loaded {
             config,
@@ -101,6 +108,9 @@ mod tests {
         Ok("mx.example.test".to_owned())
     }
 
+    /// The CPU count the tests load with, whatever the machine has.
+    const CPUS: u32 = 2;
+
     /// (line, is_error, message fragment) of each diagnostic.
     fn summary(diags: &[Diagnostic]) -> Vec<(usize, bool, String)> {
         diags
@@ -110,14 +120,14 @@ mod tests {
     }
 
     fn errors_of(src: &str) -> Vec<(usize, bool, String)> {
-        match load_with(src, "t.toml", &fqdn) {
+        match load_with(src, "t.toml", &fqdn, CPUS) {
             Ok(loaded) => panic!("expected errors, got {:?}", loaded.warnings),
             Err(diags) => summary(&diags),
         }
     }
 
     fn warnings_of(src: &str) -> Vec<(usize, String)> {
-        match load_with(src, "t.toml", &fqdn) {
+        match load_with(src, "t.toml", &fqdn, CPUS) {
             Ok(loaded) => loaded
                 .warnings
                 .into_iter()
@@ -330,6 +340,7 @@ users = [\"a\"]
             "[server]\nmax_message_bytes = 0\nhostname = \"mx\"\n",
             "t",
             &fqdn,
+            CPUS,
         ) else {
             panic!("expected an error")
         };
@@ -345,9 +356,39 @@ users = [\"a\"]
     }
 
     #[test]
+    fn load_auto_is_sendmails_default_for_the_cpus() {
+        let load = |src: &str, cpus| match load_with(src, "t.toml", &fqdn, cpus) {
+            Ok(loaded) => {
+                let l = loaded.config.load;
+                (l.refuse_la, l.delay_la, l.queue_la)
+            }
+            Err(diags) => panic!("{src:?}: {diags:#?}"),
+        };
+        let auto = "[load]\nrefuse_la = \"auto\"\ndelay_la = \"auto\"\nqueue_la = \"auto\"\n";
+        assert_eq!(load(auto, 2), (24, 0, 16));
+        assert_eq!(load(auto, 1), (12, 0, 8));
+        // Absent keys are "auto".
+        assert_eq!(load("", 2), (24, 0, 16));
+        assert_eq!(load("[load]\nrefuse_la = 30\n", 2), (30, 0, 16));
+        // Numbers are kept, whatever the CPUs.
+        let numbers = "[load]\nrefuse_la = 12\ndelay_la = 10\nqueue_la = 8\n";
+        assert_eq!(load(numbers, 16), (12, 10, 8));
+        assert_eq!(
+            errors_of(&format!(
+                "{USERS}[load]\nrefuse_la = 12\n\nqueue_la = \"foo\"\n"
+            )),
+            [(
+                6,
+                true,
+                "`load.queue_la` must be a number or \"auto\", not \"foo\"".to_owned()
+            )]
+        );
+    }
+
+    #[test]
     fn embedded_default_matches_the_code_defaults() {
-        let loaded = load_with(DEFAULT_CONFIG, EMBEDDED_ORIGIN, &fqdn).unwrap();
-        let empty = load_with("", EMBEDDED_ORIGIN, &fqdn).unwrap();
+        let loaded = load_with(DEFAULT_CONFIG, EMBEDDED_ORIGIN, &fqdn, CPUS).unwrap();
+        let empty = load_with("", EMBEDDED_ORIGIN, &fqdn, CPUS).unwrap();
         assert_eq!(loaded.config, empty.config);
         assert_eq!(loaded.config.timeouts, Timeouts::default());
         assert_eq!(loaded.config.queue, QueueConfig::default());
@@ -357,7 +398,7 @@ users = [\"a\"]
         assert_eq!(loaded.config.rate_control, RateControlConfig::default());
         assert_eq!(loaded.config.conn_control, ConnControlConfig::default());
         assert_eq!(loaded.config.limits, LimitsConfig::default());
-        assert_eq!(loaded.config.load, LoadConfig::default());
+        assert_eq!(loaded.config.load, LoadConfig::sendmail_defaults(CPUS));
         assert_eq!(loaded.config.server.hostname, "mx.example.test");
         assert_eq!(loaded.config.origin, EMBEDDED_ORIGIN);
     }

@@ -7,7 +7,9 @@
 //! average is read.
 //! Must not: read `loadavg_file` (the server does, at run time; a missing file is its
 //! concern, not a configuration error), measure anything, or decide anything.
-//! Invariants: the load-average thresholds are 0 to 10,000; the percentages are 0 to 100
+//! Invariants: the load-average thresholds are 0 to 10,000 or `"auto"`, Sendmail's
+//! default for the machine's CPUs (12 × CPUs for `refuse_la`, 8 × CPUs for `queue_la`, 0
+//! for `delay_la`), which is also what an absent key means; the percentages are 0 to 100
 //! and 0 while `limits.max_sessions` is 0 (unlimited: there is nothing to take a
 //! percentage of); the lags are 0 s to 60 s; `loadavg_file` is not empty. 0 turns a
 //! threshold off. A non-zero lag below 10 ms is allowed with a warning.
@@ -18,7 +20,7 @@ use toml::Spanned;
 
 use crate::diagnostic::Report;
 use crate::model::{DEFAULT_LOADAVG_FILE, LoadConfig};
-use crate::raw::{RawLoad, Text};
+use crate::raw::{RawLa, RawLoad, Text};
 use crate::validate::{bounded, duration_within, fmt_duration, path};
 
 /// Above this a load average threshold can never be reached: a typo, not a plan.
@@ -32,9 +34,15 @@ const NOISY_LAG: Duration = Duration::from_millis(10);
 
 type RawInt = Option<Spanned<u64>>;
 
-/// `max_sessions` is the validated `limits.max_sessions` (0 = unlimited).
-pub(crate) fn load(raw: &RawLoad, max_sessions: u32, report: &mut Report<'_>) -> LoadConfig {
-    let d = LoadConfig::default();
+/// `max_sessions` is the validated `limits.max_sessions` (0 = unlimited); `cpus` the
+/// machine's CPU count, for `"auto"` (a parameter so tests need not depend on the machine).
+pub(crate) fn load(
+    raw: &RawLoad,
+    max_sessions: u32,
+    cpus: u32,
+    report: &mut Report<'_>,
+) -> LoadConfig {
+    let d = LoadConfig::sendmail_defaults(cpus);
     LoadConfig {
         refuse_la: la(&raw.refuse_la, "load.refuse_la", d.refuse_la, report),
         delay_la: la(&raw.delay_la, "load.delay_la", d.delay_la, report),
@@ -73,9 +81,29 @@ pub(crate) fn load(raw: &RawLoad, max_sessions: u32, report: &mut Report<'_>) ->
     }
 }
 
-/// A load-average threshold, 0 (off) to `MAX_LA`.
-fn la(raw: &RawInt, key: &str, default: u32, report: &mut Report<'_>) -> u32 {
-    bounded(raw, key, 0..=MAX_LA, default, report)
+/// A load-average threshold, 0 (off) to `MAX_LA`, or `"auto"`; `auto` is what `"auto"` and
+/// an absent key mean, and stands in after an error.
+fn la(raw: &Option<Spanned<RawLa>>, key: &str, auto: u32, report: &mut Report<'_>) -> u32 {
+    let Some(value) = raw else {
+        return auto;
+    };
+    match value.get_ref() {
+        RawLa::Number(n) => bounded(
+            &Some(Spanned::new(value.span(), *n)),
+            key,
+            0..=MAX_LA,
+            auto,
+            report,
+        ),
+        RawLa::Word(word) if word == "auto" => auto,
+        RawLa::Word(word) => {
+            report.error(
+                Some(value.span()),
+                format!("`{key}` must be a number or \"auto\", not {word:?}"),
+            );
+            auto
+        }
+    }
 }
 
 /// A percentage of `max_sessions`, 0 (off) to 100; non-zero needs `max_sessions`.
@@ -126,9 +154,13 @@ mod tests {
         Some(Spanned::new(0..1, value.to_owned()))
     }
 
+    fn la_value(value: RawLa) -> Option<Spanned<RawLa>> {
+        Some(Spanned::new(0..1, value))
+    }
+
     #[test]
     fn la_bounds() {
-        // (value, Some(result) or None = error and default)
+        // (value, Some(result) or None = error and the "auto" value)
         let table: &[(u64, Option<u32>)] = &[
             (0, Some(0)),
             (1, Some(1)),
@@ -139,10 +171,78 @@ mod tests {
         ];
         for &(value, expected) in table {
             let mut report = Report::new("t", "x\n");
-            let got = la(&int(value), "load.refuse_la", 7, &mut report);
+            let got = la(
+                &la_value(RawLa::Number(value)),
+                "load.refuse_la",
+                7,
+                &mut report,
+            );
             assert_eq!(got, expected.unwrap_or(7), "{value}");
             assert_eq!(report.has_errors(), expected.is_none(), "{value}");
         }
+    }
+
+    #[test]
+    fn la_words() {
+        // (word, is an error): either way the result is the "auto" value, 7 here.
+        let table: &[(&str, bool)] = &[
+            ("auto", false),
+            ("Auto", true),
+            ("AUTO", true),
+            (" auto", true),
+            ("", true),
+            ("12", true),
+            ("foo", true),
+        ];
+        for &(word, is_error) in table {
+            let mut report = Report::new("t", "x\n");
+            let raw = la_value(RawLa::Word(word.to_owned()));
+            let got = la(&raw, "load.queue_la", 7, &mut report);
+            assert_eq!(got, 7, "{word:?}");
+            let diags = report.into_sorted();
+            assert_eq!(diags.len(), usize::from(is_error), "{word:?}");
+            if is_error {
+                assert_eq!(
+                    diags[0].message,
+                    format!("`load.queue_la` must be a number or \"auto\", not {word:?}")
+                );
+            }
+        }
+        let mut report = Report::new("t", "x\n");
+        assert_eq!(la(&None, "load.queue_la", 7, &mut report), 7);
+        assert!(report.into_sorted().is_empty());
+    }
+
+    #[test]
+    fn auto_is_sendmails_default_for_the_cpus() {
+        let word = |w: &str| la_value(RawLa::Word(w.to_owned()));
+        let raw = RawLoad {
+            refuse_la: word("auto"),
+            delay_la: word("auto"),
+            queue_la: word("auto"),
+            ..RawLoad::default()
+        };
+        let mut report = Report::new("t", "x\n");
+        let got = load(&raw, 0, 2, &mut report);
+        assert!(report.into_sorted().is_empty());
+        assert_eq!((got.refuse_la, got.delay_la, got.queue_la), (24, 0, 16));
+        assert_eq!(got, LoadConfig::sendmail_defaults(2));
+        let mut report = Report::new("t", "x\n");
+        let got = load(&raw, 0, 1, &mut report);
+        assert_eq!((got.refuse_la, got.delay_la, got.queue_la), (12, 0, 8));
+        // Numbers are kept as written, whatever the CPUs.
+        let raw = RawLoad {
+            refuse_la: la_value(RawLa::Number(40)),
+            delay_la: la_value(RawLa::Number(30)),
+            queue_la: la_value(RawLa::Number(0)),
+            ..RawLoad::default()
+        };
+        let got = load(&raw, 0, 64, &mut report);
+        assert_eq!((got.refuse_la, got.delay_la, got.queue_la), (40, 30, 0));
+        assert!(report.into_sorted().is_empty());
+        // No overflow on an absurd count.
+        let big = LoadConfig::sendmail_defaults(u32::MAX);
+        assert_eq!((big.refuse_la, big.queue_la), (u32::MAX, u32::MAX));
     }
 
     #[test]
@@ -233,8 +333,9 @@ mod tests {
     #[test]
     fn absent_keys_take_the_defaults() {
         let mut report = Report::new("t", "");
-        let got = load(&RawLoad::default(), 0, &mut report);
-        assert_eq!(got, LoadConfig::default());
+        let got = load(&RawLoad::default(), 0, 2, &mut report);
+        assert_eq!(got, LoadConfig::sendmail_defaults(2));
+        assert_eq!((got.refuse_la, got.delay_la, got.queue_la), (24, 0, 16));
         assert!(report.into_sorted().is_empty());
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! Role: plain data after parsing and checking (design.md principle 9: RawConfig → Config).
 //! Every value here has passed its bounds, so callers never re-validate.
-//! Must not: read files, parse text or emit diagnostics (that is `validate` and friends).
+//! Must not: read files, parse text or emit diagnostics (that is `validate` and friends);
+//! the one query of the system is the CPU count behind `LoadConfig::default()`.
 //! Invariants (established by `validate`): `listen` is non-empty and duplicate-free;
 //! `domains` is non-empty, lowercase, without trailing dot and duplicate-free; `users`
 //! entries are lowercase local parts; `max_message_bytes > 0`; every timeout, `retry_min`,
 //! `retry_max` and `lifetime` is non-zero; `rate_control.window` is 6 s to 1 h; the client
 //! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000;
 //! `session_delay_budget` is at most 1 h; the `load` load-average thresholds are at most
-//! 10,000, the session percentages at most 100 (and 0 unless `max_sessions` is set), the
+//! 10,000 when written as numbers (`"auto"` is 12 or 8 × CPUs, unbounded), the session percentages at most 100 (and 0 unless `max_sessions` is set), the
 //! lags at most 60 s; `loadavg_file` is non-empty.
 //! Default values live here, once, as constants; `default.toml` repeats them for operators
 //! and a test keeps the two equal.
@@ -237,12 +238,14 @@ impl MaxSessionsAction {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadConfig {
     /// Sendmail's RefuseLA: at or over this 1-minute load average (rounded as Sendmail does,
-    /// so 0.5 counts as 1), stop accepting connections. Default 12.
+    /// so 0.5 counts as 1), stop accepting connections. Default (`"auto"`) 12 × CPUs, as
+    /// Sendmail's.
     pub refuse_la: u32,
     /// Sendmail's DelayLA: at or over it, wait 1 s before each command except QUIT, RSET and the
-    /// end-of-data dot. Default 0 (off).
+    /// end-of-data dot. Default 0 (off), as Sendmail's.
     pub delay_la: u32,
-    /// Sendmail's QueueLA: at or over it, accept mail but hold delivery. Default 8.
+    /// Sendmail's QueueLA: at or over it, accept mail but hold delivery. Default (`"auto"`)
+    /// 8 × CPUs, as Sendmail's.
     pub queue_la: u32,
     /// The same three actions on sessions in flight, in percent of `limits.max_sessions`
     /// (1..=100; 0 off). Default 0 each. This one: stop accepting connections.
@@ -264,12 +267,15 @@ pub struct LoadConfig {
     pub loadavg_file: PathBuf,
 }
 
-impl Default for LoadConfig {
-    fn default() -> Self {
+impl LoadConfig {
+    /// The defaults on a machine with `cpus` CPUs: Sendmail's RefuseLA = 12 × CPUs,
+    /// DelayLA = 0 (off), QueueLA = 8 × CPUs; every other threshold off. What `"auto"`
+    /// and an absent key mean.
+    pub fn sendmail_defaults(cpus: u32) -> Self {
         Self {
-            refuse_la: 12,
+            refuse_la: cpus.saturating_mul(12),
             delay_la: 0,
-            queue_la: 8,
+            queue_la: cpus.saturating_mul(8),
             refuse_sessions_pct: 0,
             delay_sessions_pct: 0,
             queue_sessions_pct: 0,
@@ -279,6 +285,19 @@ impl Default for LoadConfig {
             loadavg_file: PathBuf::from(DEFAULT_LOADAVG_FILE),
         }
     }
+}
+
+/// The defaults for this machine's CPUs ([`online_cpus`]).
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self::sendmail_defaults(online_cpus())
+    }
+}
+
+/// The CPUs this process may run on (`std::thread::available_parallelism`: the online
+/// CPUs, narrowed by the affinity mask and a cgroup CPU quota); 1 when unknown.
+pub(crate) fn online_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 /// `[server]`: identity, sockets, spool, size limit, shutdown.

@@ -124,13 +124,14 @@ pub(crate) enum RawMaxSessionsAction {
     Refuse,
 }
 
-/// Integers as u64, as in `RawLimits`.
+/// Integers as u64, as in `RawLimits`. The load-average thresholds also take a string,
+/// for `"auto"`; which strings mean something is `load`'s business.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "the [load] table")]
 pub(crate) struct RawLoad {
-    pub(crate) refuse_la: Option<Spanned<u64>>,
-    pub(crate) delay_la: Option<Spanned<u64>>,
-    pub(crate) queue_la: Option<Spanned<u64>>,
+    pub(crate) refuse_la: Option<Spanned<RawLa>>,
+    pub(crate) delay_la: Option<Spanned<RawLa>>,
+    pub(crate) queue_la: Option<Spanned<RawLa>>,
     pub(crate) refuse_sessions_pct: Option<Spanned<u64>>,
     pub(crate) delay_sessions_pct: Option<Spanned<u64>>,
     pub(crate) queue_sessions_pct: Option<Spanned<u64>>,
@@ -138,6 +139,47 @@ pub(crate) struct RawLoad {
     pub(crate) delay_lag: Text,
     pub(crate) queue_lag: Text,
     pub(crate) loadavg_file: Text,
+}
+
+/// A load-average threshold: an integer, or a string (`"auto"`).
+///
+/// Untagged in effect, but deserialized by hand: serde's `#[serde(untagged)]` would turn
+/// `-1` or `1.5` into "data did not match any variant", where this keeps serde's own
+/// "invalid value: integer `-1`" and "invalid type: floating point `1.5`".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RawLa {
+    Number(u64),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawLa {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawLaVisitor)
+    }
+}
+
+struct RawLaVisitor;
+
+impl serde::de::Visitor<'_> for RawLaVisitor {
+    type Value = RawLa;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a non-negative integer or \"auto\"")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawLa, E> {
+        Ok(RawLa::Number(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawLa, E> {
+        u64::try_from(v)
+            .map(RawLa::Number)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawLa, E> {
+        Ok(RawLa::Word(v.to_owned()))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,11 +467,28 @@ mod tests {
                 ],
             ),
             (
-                "[load]\nrefuse_la = 12\nrefuse_load = 12\ndelay_lag = 5\nqueue_la = \"8\"\n",
+                // A string `queue_la` passes the shape check: `load` judges the word.
+                "[load]\nrefuse_la = 12\nrefuse_load = 12\ndelay_lag = 5\nqueue_la = \"8\"\n\
+                 delay_la = -1\n",
                 &[
                     (3, "`load.refuse_load`: unknown field `refuse_load`"),
                     (4, "`load.delay_lag`: invalid type: integer"),
-                    (5, "`load.queue_la`: invalid type: string"),
+                    (
+                        6,
+                        "`load.delay_la`: invalid value: integer `-1`, \
+                         expected a non-negative integer or \"auto\"",
+                    ),
+                ],
+            ),
+            (
+                "[load]\nrefuse_la = 1.5\nqueue_la = true\n",
+                &[
+                    (
+                        2,
+                        "`load.refuse_la`: invalid type: floating point `1.5`, \
+                         expected a non-negative integer or \"auto\"",
+                    ),
+                    (3, "`load.queue_la`: invalid type: boolean `true`"),
                 ],
             ),
             (

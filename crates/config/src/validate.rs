@@ -35,10 +35,13 @@ pub(crate) type HostnameSource<'a> = &'a dyn Fn() -> Result<String, String>;
 /// Below this, ordinary mail (headers plus a small attachment) no longer fits.
 const SMALL_MESSAGE_BYTES: u64 = 64 * 1024;
 
+/// `cpus` is the machine's CPU count, for `[load]`'s `"auto"`; like `system_hostname`, a
+/// parameter so tests need not depend on the machine they run on.
 pub(crate) fn config(
     raw: RawConfig,
     report: &mut Report<'_>,
     system_hostname: HostnameSource<'_>,
+    cpus: u32,
 ) -> Config {
     // `[load]`'s session percentages are of the validated `limits.max_sessions`.
     let limits = admission::limits(&raw.limits, report);
@@ -56,7 +59,7 @@ pub(crate) fn config(
         rate_control: admission::rate_control(&raw.rate_control, report),
         conn_control: admission::conn_control(&raw.conn_control),
         limits,
-        load: load::load(&raw.load, limits.max_sessions, report),
+        load: load::load(&raw.load, limits.max_sessions, cpus, report),
     }
 }
 

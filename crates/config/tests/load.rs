@@ -646,12 +646,16 @@ fn admission_warnings_at_their_lines() {
 #[test]
 fn load_section_defaults_when_absent() {
     let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    // Sendmail's defaults for this machine's CPUs, whatever their number (the library's
+    // unit tests pin the arithmetic with an injected count).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
     assert_eq!(
         loaded.config.load,
         LoadConfig {
-            refuse_la: 12,
+            refuse_la: 12 * cpus,
             delay_la: 0,
-            queue_la: 8,
+            queue_la: 8 * cpus,
             refuse_sessions_pct: 0,
             delay_sessions_pct: 0,
             queue_sessions_pct: 0,
@@ -662,8 +666,14 @@ fn load_section_defaults_when_absent() {
         }
     );
     assert_eq!(loaded.config.load, LoadConfig::default());
+    assert_eq!(loaded.config.load, LoadConfig::sendmail_defaults(cpus));
     let embedded = embedded_default().unwrap_or_else(|d| panic!("{d:#?}"));
     assert_eq!(embedded.config.load, loaded.config.load);
+    let auto = "[load]\nrefuse_la = \"auto\"\ndelay_la = \"auto\"\nqueue_la = \"auto\"\n";
+    let loaded =
+        load_str(&format!("{auto}{QUIET_TAIL}"), "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert_eq!(loaded.config.load, LoadConfig::default());
 }
 
 #[test]
@@ -768,6 +778,16 @@ fn load_bad_values_at_their_lines() {
             "[load]\nqueue_la = 1.5\n",
             2,
             "`load.queue_la`: invalid type: floating point",
+        ),
+        (
+            "[load]\ndelay_la = 0\n\nrefuse_la = \"foo\"\n",
+            4,
+            "`load.refuse_la` must be a number or \"auto\", not \"foo\"",
+        ),
+        (
+            "[load]\nqueue_la = \"8\"\n",
+            2,
+            "`load.queue_la` must be a number or \"auto\", not \"8\"",
         ),
         (
             "[limits]\nmax_sessions = 100\n[load]\nrefuse_sessions_pct = 101\n",

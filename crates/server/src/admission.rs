@@ -19,6 +19,7 @@ use portcullis_policy::admission::{Refusal, client_limits, judge};
 use portcullis_policy::anvil::{self, Anvil, ClientKey, ConnGuard};
 
 use crate::clock;
+use crate::gate::SessionSlot;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
@@ -27,14 +28,14 @@ use crate::telemetry::Event;
 #[derive(Debug, Default)]
 pub struct Ticket {
     _client: Option<ConnGuard>,
-    _session: Option<tokio::sync::OwnedSemaphorePermit>,
+    _session: Option<SessionSlot>,
 }
 
 impl Ticket {
     /// The ticket holding `slot` too.
-    pub fn with_slot(self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+    pub fn with_slot(self, slot: SessionSlot) -> Self {
         Self {
-            _session: slot,
+            _session: Some(slot),
             ..self
         }
     }

@@ -218,6 +218,14 @@ impl Driver {
     ) -> Option<Session> {
         let cfg = self.rt.session.clone();
         let now = clock::now();
+        // A talker's early lines are commands like any other: DelayLA applies to them too.
+        let delay = self.command_delay();
+        let feed = |session: &mut Session| {
+            if !input.is_empty() {
+                session.set_command_delay(delay.clone());
+                session.handle_input(input, now);
+            }
+        };
         // Sendmail dates the greeting with the connection time, however long the pause.
         let date = clock::rfc5322(connected_at);
         let session = match admitted.opening {
@@ -228,9 +236,7 @@ impl Driver {
                     // Sendmail's null-server mode for a client over its limit.
                     session.reject_commands(refusal.reply(false));
                 }
-                if !input.is_empty() {
-                    session.handle_input(input, now);
-                }
+                feed(&mut session);
                 session
             }
             Opening::Refused(refusal) => {
@@ -261,7 +267,7 @@ impl Driver {
                     Action::Enforce => {
                         let mut session = Session::with_greeting(cfg, client, &rejected, now);
                         session.reject_commands(reply::command_rejected());
-                        session.handle_input(input, now);
+                        feed(&mut session);
                         session
                     }
                     Action::Drop => {
@@ -272,7 +278,7 @@ impl Driver {
                     }
                     Action::Ignore => {
                         let mut session = Session::new(cfg, client, &date, now);
-                        session.handle_input(input, now);
+                        feed(&mut session);
                         session
                     }
                 }

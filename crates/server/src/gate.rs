@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_config::{LimitsConfig, MaxSessionsAction};
@@ -42,6 +42,11 @@ pub struct Gate {
     waiting: AtomicBool,
     /// Not accepting because a `refuse_*` load threshold is reached.
     refusing: AtomicBool,
+    /// A connection has been accepted since start (Sendmail logs "accepting connections
+    /// again" only when it had accepted before).
+    accepted_once: AtomicBool,
+    /// Sessions in flight: from accept to the end of the session, through the pause.
+    in_flight: Arc<AtomicU32>,
     rate: u32,
     /// The current one-second window's start and the connections let through in it.
     window: Mutex<(Option<Instant>, u32)>,
@@ -57,6 +62,8 @@ impl Gate {
             action: limits.max_sessions_action,
             waiting: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
+            accepted_once: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicU32::new(0)),
             rate: limits.connection_rate_throttle,
             window: Mutex::new((None, 0)),
         }
@@ -69,7 +76,6 @@ impl Gate {
         shared: &Shared,
         shutdown: &CancellationToken,
     ) -> Option<Option<OwnedSemaphorePermit>> {
-        self.wait_for_load(shared, shutdown).await?;
         let permit = match &self.sessions {
             Some(sem) if self.action == MaxSessionsAction::Wait => {
                 match sem.clone().try_acquire_owned() {
@@ -95,6 +101,8 @@ impl Gate {
             }
             _ => None,
         };
+        // After the wait for a slot: the load may have risen meanwhile.
+        self.wait_for_load(shared, shutdown).await?;
         if self.rate > 0 {
             while let Some(until) = self.take_rate() {
                 shared
@@ -116,7 +124,9 @@ impl Gate {
     async fn wait_for_load(&self, shared: &Shared, shutdown: &CancellationToken) -> Option<()> {
         loop {
             let Some(reading) = self.load_refuses(shared) else {
-                if self.refusing.swap(false, Ordering::Relaxed) {
+                if self.refusing.swap(false, Ordering::Relaxed)
+                    && self.accepted_once.load(Ordering::Relaxed)
+                {
                     shared.telemetry.emit(Event::DaemonAccepting);
                 }
                 return Some(());
@@ -141,12 +151,29 @@ impl Gate {
             .over(&shared.runtime.load().config.load, LoadAction::Refuse)
     }
 
-    /// Sessions in flight in percent of `max_sessions` (None when there is no limit).
+    /// Sessions in flight in percent of `max_sessions` (None when there is no limit). The
+    /// count is of sessions, not of semaphore permits: an accept loop waiting for its next
+    /// client already holds the permit that client will use.
     pub fn sessions_pct(&self) -> Option<u32> {
-        let sem = self.sessions.as_ref()?;
-        let max = self.max.max(1) as usize;
-        let used = max.saturating_sub(sem.available_permits());
+        self.sessions.as_ref()?;
+        let max = u64::from(self.max.max(1));
+        let used = u64::from(self.in_flight.load(Ordering::Relaxed));
         u32::try_from(used * 100 / max).ok()
+    }
+
+    /// Records that a connection was accepted.
+    pub fn accepted(&self) {
+        self.accepted_once.store(true, Ordering::Relaxed);
+    }
+
+    /// The place of a connection accepted just now in the server-wide counts, holding its
+    /// `max_sessions` permit (if any) until the session ends.
+    pub fn session(&self, permit: Option<OwnedSemaphorePermit>) -> SessionSlot {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        SessionSlot {
+            _permit: permit,
+            count: self.in_flight.clone(),
+        }
     }
 
     /// Counts one connection in the current second; or, when the second is full, when the
@@ -182,6 +209,20 @@ impl Gate {
             }
             _ => Slot::Got(None),
         }
+    }
+}
+
+/// A session's place in the server-wide counts; released when dropped (with the session's
+/// [`crate::admission::Ticket`]).
+#[derive(Debug)]
+pub struct SessionSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    count: Arc<AtomicU32>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

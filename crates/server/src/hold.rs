@@ -39,6 +39,7 @@ use crate::admission::{self, Ticket};
 use crate::clock;
 use crate::conn::dialogue;
 use crate::dns::{ClientName, LookupFuture};
+use crate::gate::SessionSlot;
 use crate::greet::{self, Admitted, Opening, Paused, Pausing, Wait};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
@@ -139,12 +140,7 @@ impl Holder {
     /// none does, starts its dialogue (the name known at once: no reverse DNS, or a cached
     /// answer) or waits for its name in a task of its own (a lookup ends within `[dns]
     /// timeout`; clients with no pause are the exempt and the remembered, not the flood).
-    pub async fn admit(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: IpAddr,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
+    pub async fn admit(&self, stream: tokio::net::TcpStream, peer: IpAddr, slot: SessionSlot) {
         let shared = &self.shared;
         let rt = shared.runtime.load_full();
         let mut wait = Wait::new(shared, &rt, peer, clock::now());

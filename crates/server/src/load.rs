@@ -20,6 +20,7 @@
 //! [`LoadMonitor::refresh_loadavg`] themselves).
 
 use std::fmt;
+use std::io::Read as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -32,6 +33,13 @@ use crate::clock;
 use crate::gate::Gate;
 use crate::state::Shared;
 use crate::telemetry::{Event, Telemetry};
+
+/// `/proc/loadavg` is about 30 bytes; a configured file is read no further than this.
+const LOADAVG_MAX_BYTES: u64 = 256;
+
+/// A load-average read that has not returned after this many seconds (a hung file system)
+/// makes the reading unknown until one returns.
+const LOADAVG_STUCK_SECS: u32 = 3;
 
 /// No reading yet (or the file cannot be read): never over any threshold.
 const UNKNOWN: u32 = u32::MAX;
@@ -122,6 +130,8 @@ pub struct LoadMonitor {
     base: Instant,
     /// The load-average file failed to read last time (so the failure is logged once).
     unreadable: AtomicBool,
+    /// A read of the load-average file is in progress on a blocking thread.
+    reading: AtomicBool,
 }
 
 impl Default for LoadMonitor {
@@ -140,6 +150,7 @@ impl LoadMonitor {
             tick_due_ns: AtomicU64::new(0),
             base: clock::now(),
             unreadable: AtomicBool::new(false),
+            reading: AtomicBool::new(false),
         }
     }
 
@@ -227,9 +238,13 @@ impl LoadMonitor {
     }
 }
 
-/// The first field of a `/proc/loadavg`-style file, rounded: `(int)(x + 0.5)`.
+/// The first field of a `/proc/loadavg`-style file, rounded: `(int)(x + 0.5)`. Reads at
+/// most [`LOADAVG_MAX_BYTES`], whatever the file is.
 fn read_loadavg(path: &Path) -> Result<u32, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LOADAVG_MAX_BYTES).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
     parse_loadavg(&text)
 }
 
@@ -249,6 +264,7 @@ fn parse_loadavg(text: &str) -> Result<u32, String> {
 pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: CancellationToken) {
     let mut worst = [Duration::ZERO; TICKS_PER_READING];
     let mut tick = 0usize;
+    let mut stuck = 0u32;
     loop {
         let due = clock::now() + TICK;
         shared.load.set_tick_due(Some(due));
@@ -265,13 +281,41 @@ pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: Cancellation
             .set_lag(worst.iter().copied().max().unwrap_or_default());
         shared.load.set_sessions_pct(gate.sessions_pct());
         if tick.is_multiple_of(TICKS_PER_READING) {
-            let rt = shared.runtime.load();
-            shared
-                .load
-                .refresh_loadavg(&rt.config.load.loadavg_file, &shared.telemetry);
+            stuck = read_in_background(&shared, stuck);
         }
         tick = tick.wrapping_add(1);
     }
+}
+
+/// Starts a read of the load-average file on a blocking thread, unless one is still running
+/// (a hung file then costs one thread, never more). Returns for how many seconds the
+/// running read has been stuck; past [`LOADAVG_STUCK_SECS`] the reading becomes unknown.
+/// Nothing is read while no `*_la` threshold is set.
+fn read_in_background(shared: &Arc<Shared>, stuck: u32) -> u32 {
+    let rt = shared.runtime.load();
+    let cfg = &rt.config.load;
+    if cfg.refuse_la == 0 && cfg.delay_la == 0 && cfg.queue_la == 0 {
+        shared.load.loadavg.store(UNKNOWN, Ordering::Relaxed);
+        return 0;
+    }
+    if shared.load.reading.swap(true, Ordering::Relaxed) {
+        let stuck = stuck.saturating_add(1);
+        if stuck == LOADAVG_STUCK_SECS {
+            shared.load.loadavg.store(UNKNOWN, Ordering::Relaxed);
+            shared.telemetry.emit(Event::LoadUnavailable {
+                path: &cfg.loadavg_file.display().to_string(),
+                error: "a read has not returned for 3 seconds",
+            });
+        }
+        return stuck;
+    }
+    let path = cfg.loadavg_file.clone();
+    let owner = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        owner.load.refresh_loadavg(&path, &owner.telemetry);
+        owner.load.reading.store(false, Ordering::Relaxed);
+    });
+    0
 }
 
 #[cfg(test)]

@@ -347,7 +347,8 @@ async fn accept_loop(
                         }
                     }
                 }
-                holder.admit(stream, peer.ip(), slot).await;
+                gate.accepted();
+                holder.admit(stream, peer.ip(), gate.session(slot)).await;
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off briefly instead of spinning.

@@ -110,23 +110,27 @@ fn queue_la_accepts_mail_but_holds_delivery_until_the_load_drops() {
 
 #[test]
 fn refuse_sessions_pct_counts_sessions_in_flight_exactly() {
-    let server = Server::start("[limits]\nmax_sessions = 10\n[load]\nrefuse_sessions_pct = 50\n");
-    let mut open: Vec<Smtp> = (0..5)
-        .map(|i| {
-            let mut c = Smtp::connect_from(server.addr(), local(2 + i));
-            assert_eq!(c.read_reply().0, 220);
-            c
-        })
-        .collect();
-    let mut sixth = Smtp::connect_from(server.addr(), local(9));
-    assert!(sixth.is_silent_for(Duration::from_millis(1500)));
+    // 4 sessions at most, refuse at 50%: two sessions are let in, the third waits. The
+    // accept loop's own reserved slot for its next client is not a session.
+    let server = Server::start("[limits]\nmax_sessions = 4\n[load]\nrefuse_sessions_pct = 50\n");
+    let mut first = Smtp::connect_from(server.addr(), local(2));
+    assert_eq!(first.read_reply().0, 220);
+    std::thread::sleep(Duration::from_millis(1200)); // the sampler has run meanwhile
+    let mut second = Smtp::connect_from(server.addr(), local(3));
+    assert_eq!(
+        second.read_reply().0,
+        220,
+        "one session of four is 25%, under 50%"
+    );
+    let mut third = Smtp::connect_from(server.addr(), local(4));
+    assert!(third.is_silent_for(Duration::from_millis(1500)));
     assert!(server.wait_log(
         "rejecting connections on daemon MTA: sessions: 50% of max_sessions",
         Duration::from_secs(5)
     ));
-    let mut first = open.remove(0);
     assert_eq!(first.cmd("QUIT").0, 221);
-    assert_eq!(sixth.read_reply().0, 220);
+    assert_eq!(third.read_reply().0, 220);
+    assert_eq!(second.cmd("QUIT").0, 221);
 }
 
 #[test]

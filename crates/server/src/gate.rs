@@ -2,27 +2,31 @@
 //! (`[limits] max_sessions`), ConnectionRateThrottle (`connection_rate_throttle`) and
 //! RefuseLA (the `refuse_*` thresholds of `[load]`, see [`crate::load`]).
 //!
-//! While a refuse threshold is reached the loops accept nothing (new clients wait in the
-//! kernel backlog) and look again every second; an accept loop idle in `accept()` looks too,
-//! so a refusal does not wait for the next client to take effect.
+//! Role: before each accept, wait while a refuse threshold is reached (new clients wait in
+//! the kernel backlog; an accept loop idle in `accept()` looks at the load every second too)
+//! and for the rate to allow one more connection (the excess is late, never refused). After
+//! accept, take the session's place in the count of sessions in flight: at `max_sessions`,
+//! `"wait"` keeps the connection, without a greeting, until a session ends (and accepts no
+//! other meanwhile, so the rest wait in the backlog); `"refuse"` answers `421 4.3.2
+//! <hostname> Too many concurrent SMTP connections; please try again later`.
 //!
-//! Role: before each accept, wait for a session slot (`max_sessions_action = "wait"`: new
-//! clients wait in the kernel backlog) and for the rate to allow one more connection (the
-//! excess is late, never refused). With `"refuse"`, a connection over the limit is accepted
-//! and told `421 4.3.2 <hostname> Too many concurrent SMTP connections; please try again
-//! later`. Both limits are read at start-up (a change takes a restart).
+//! The count is exact (a compare-and-swap below the limit, released by the session's
+//! [`SessionSlot`]) and the limits are read from the current configuration at each
+//! connection, so SIGHUP changes them at once; sessions open at a reload that lowers
+//! `max_sessions` finish normally, and no new one starts until the count is below the new
+//! limit.
 //!
-//! Must not: refuse for the rate (Sendmail only defers), or hold a slot past the session (the
-//! permit travels with the connection in its [`crate::admission::Ticket`]).
+//! Must not: refuse for the rate (Sendmail only defers), or count a session past its end
+//! (the slot travels with the connection in its [`crate::admission::Ticket`]).
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_config::{LimitsConfig, MaxSessionsAction};
+use portcullis_config::MaxSessionsAction;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
@@ -30,92 +34,121 @@ use crate::load::{LoadAction, Reading};
 use crate::state::Shared;
 use crate::telemetry::Event;
 
-/// How often a refusing accept loop looks at the load again.
-const LOAD_RECHECK: Duration = Duration::from_secs(1);
+/// How often a refusing accept loop looks at the load again, and a loop waiting for a
+/// session to end looks at `max_sessions` again (a reload may have raised it).
+const RECHECK: Duration = Duration::from_secs(1);
 
-/// The accept loops' shared limits.
-#[derive(Debug)]
+/// Sessions in flight, and a bell rung when one ends.
+#[derive(Debug, Default)]
+struct Sessions {
+    count: AtomicU32,
+    ended: Notify,
+}
+
+/// The accept loops' shared state.
+#[derive(Debug, Default)]
 pub struct Gate {
-    sessions: Option<Arc<Semaphore>>,
-    max: u32,
-    action: MaxSessionsAction,
+    sessions: Arc<Sessions>,
+    /// Waiting at `max_sessions` (so the log lines come once per episode).
     waiting: AtomicBool,
     /// Not accepting because a `refuse_*` load threshold is reached.
     refusing: AtomicBool,
     /// A connection has been accepted since start (Sendmail logs "accepting connections
     /// again" only when it had accepted before).
     accepted_once: AtomicBool,
-    /// Sessions in flight: from accept to the end of the session, through the pause.
-    in_flight: Arc<AtomicU32>,
-    rate: u32,
     /// The current one-second window's start and the connections let through in it.
     window: Mutex<(Option<Instant>, u32)>,
 }
 
+/// What to do with a connection accepted just now.
+#[derive(Debug)]
+pub enum Admit {
+    /// Go on, counted as a session.
+    Session(SessionSlot),
+    /// `max_sessions` reached with `"refuse"`.
+    Full,
+}
+
 impl Gate {
-    /// The limits from `[limits]`.
-    pub fn new(limits: &LimitsConfig) -> Self {
-        let max = limits.max_sessions;
-        Self {
-            sessions: (max > 0).then(|| Arc::new(Semaphore::new(max as usize))),
-            max,
-            action: limits.max_sessions_action,
-            waiting: AtomicBool::new(false),
-            refusing: AtomicBool::new(false),
-            accepted_once: AtomicBool::new(false),
-            in_flight: Arc::new(AtomicU32::new(0)),
-            rate: limits.connection_rate_throttle,
-            window: Mutex::new((None, 0)),
+    /// No sessions yet; the limits are read from the configuration at each use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits until one more connection may be accepted: not while a `refuse_*` load
+    /// threshold is reached, and no more than `connection_rate_throttle` per second. None
+    /// when shutdown came first.
+    pub async fn before_accept(&self, shared: &Shared, shutdown: &CancellationToken) -> Option<()> {
+        self.wait_for_load(shared, shutdown).await?;
+        loop {
+            let rate = shared.runtime.load().config.limits.connection_rate_throttle;
+            let Some(until) = self.take_rate(rate) else {
+                return Some(());
+            };
+            shared.telemetry.emit(Event::DaemonDeferring { rate });
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
+            }
         }
     }
 
-    /// Waits until one more connection may be accepted; returns its session slot (when
-    /// `max_sessions` is set and waits), or None when shutdown came first.
-    pub async fn before_accept(
-        &self,
-        shared: &Shared,
-        shutdown: &CancellationToken,
-    ) -> Option<Option<OwnedSemaphorePermit>> {
-        let permit = match &self.sessions {
-            Some(sem) if self.action == MaxSessionsAction::Wait => {
-                match sem.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        if !self.waiting.swap(true, Ordering::Relaxed) {
-                            shared.telemetry.emit(Event::DaemonRejecting {
-                                sessions: self.max,
-                                max: self.max,
-                            });
-                        }
-                        let p = tokio::select! {
-                            biased;
-                            () = shutdown.cancelled() => return None,
-                            p = sem.clone().acquire_owned() => p.ok()?,
-                        };
-                        if self.waiting.swap(false, Ordering::Relaxed) {
-                            shared.telemetry.emit(Event::DaemonAccepting);
-                        }
-                        Some(p)
-                    }
+    /// The session's place for a connection accepted just now, waiting at `max_sessions`
+    /// (`"wait"`) until a session ends. At shutdown the connection is let through, so the
+    /// holder tells it `421 ... shutting down` rather than it being dropped unanswered.
+    pub async fn after_accept(&self, shared: &Shared, shutdown: &CancellationToken) -> Admit {
+        self.accepted_once.store(true, Ordering::Relaxed);
+        loop {
+            let ended = self.sessions.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read, so an end in between is not missed.
+            ended.as_mut().enable();
+            let limits = shared.runtime.load().config.limits;
+            let max = limits.max_sessions;
+            if let Some(slot) = self.try_take(max) {
+                if self.waiting.swap(false, Ordering::Relaxed) {
+                    shared.telemetry.emit(Event::DaemonAccepting);
                 }
+                return Admit::Session(slot);
             }
-            _ => None,
-        };
-        // After the wait for a slot: the load may have risen meanwhile.
-        self.wait_for_load(shared, shutdown).await?;
-        if self.rate > 0 {
-            while let Some(until) = self.take_rate() {
-                shared
-                    .telemetry
-                    .emit(Event::DaemonDeferring { rate: self.rate });
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
-                }
+            if limits.max_sessions_action == MaxSessionsAction::Refuse {
+                return Admit::Full;
+            }
+            if !self.waiting.swap(true, Ordering::Relaxed) {
+                shared.telemetry.emit(Event::DaemonRejecting {
+                    sessions: self.sessions.count.load(Ordering::Relaxed),
+                    max,
+                });
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Admit::Session(self.take_anyway()),
+                () = &mut ended => {}
+                () = tokio::time::sleep(RECHECK) => {}
             }
         }
-        Some(permit)
+    }
+
+    /// One more session if that stays within `max` (0 = unlimited).
+    fn try_take(&self, max: u32) -> Option<SessionSlot> {
+        self.sessions
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then(|| n.saturating_add(1))
+            })
+            .ok()?;
+        Some(SessionSlot {
+            sessions: self.sessions.clone(),
+        })
+    }
+
+    /// One more session whatever the limit.
+    fn take_anyway(&self) -> SessionSlot {
+        self.sessions.count.fetch_add(1, Ordering::AcqRel);
+        SessionSlot {
+            sessions: self.sessions.clone(),
+        }
     }
 
     /// While a `refuse_*` threshold of `[load]` is reached, accepts nothing (Sendmail's
@@ -137,7 +170,7 @@ impl Gate {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(LOAD_RECHECK) => {}
+                () = tokio::time::sleep(RECHECK) => {}
             }
         }
     }
@@ -145,40 +178,28 @@ impl Gate {
     /// The reading that makes the accept loops stop, if any. Sessions in flight are counted
     /// now rather than taken from the last sample, so the limit is exact.
     pub fn load_refuses(&self, shared: &Shared) -> Option<Reading> {
-        shared.load.set_sessions_pct(self.sessions_pct());
+        shared.load.set_sessions_pct(self.sessions_pct(shared));
         shared
             .load
             .over(&shared.runtime.load().config.load, LoadAction::Refuse)
     }
 
-    /// Sessions in flight in percent of `max_sessions` (None when there is no limit). The
-    /// count is of sessions, not of semaphore permits: an accept loop waiting for its next
-    /// client already holds the permit that client will use.
-    pub fn sessions_pct(&self) -> Option<u32> {
-        self.sessions.as_ref()?;
-        let max = u64::from(self.max.max(1));
-        let used = u64::from(self.in_flight.load(Ordering::Relaxed));
+    /// Sessions in flight in percent of `max_sessions` (None when there is no limit).
+    pub fn sessions_pct(&self, shared: &Shared) -> Option<u32> {
+        let max = u64::from(shared.runtime.load().config.limits.max_sessions);
+        if max == 0 {
+            return None;
+        }
+        let used = u64::from(self.sessions.count.load(Ordering::Relaxed));
         u32::try_from(used * 100 / max).ok()
     }
 
-    /// Records that a connection was accepted.
-    pub fn accepted(&self) {
-        self.accepted_once.store(true, Ordering::Relaxed);
-    }
-
-    /// The place of a connection accepted just now in the server-wide counts, holding its
-    /// `max_sessions` permit (if any) until the session ends.
-    pub fn session(&self, permit: Option<OwnedSemaphorePermit>) -> SessionSlot {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        SessionSlot {
-            _permit: permit,
-            count: self.in_flight.clone(),
-        }
-    }
-
     /// Counts one connection in the current second; or, when the second is full, when the
-    /// next one begins.
-    fn take_rate(&self) -> Option<Instant> {
+    /// next one begins. `rate` 0 is no limit.
+    fn take_rate(&self, rate: u32) -> Option<Instant> {
+        if rate == 0 {
+            return None;
+        }
         let now = clock::now();
         let Ok(mut w) = self.window.lock() else {
             return None;
@@ -190,49 +211,26 @@ impl Gate {
                 now
             }
         };
-        if w.1 < self.rate {
+        if w.1 < rate {
             w.1 += 1;
             return None;
         }
         Some(start + Duration::from_secs(1))
     }
-
-    /// After accept, with `max_sessions_action = "refuse"`: the session's slot (None when
-    /// the limit is off or waits), or `Full` (the caller refuses the connection).
-    pub fn slot_or_refuse(&self) -> Slot {
-        match &self.sessions {
-            Some(sem) if self.action == MaxSessionsAction::Refuse => {
-                match sem.clone().try_acquire_owned() {
-                    Ok(p) => Slot::Got(Some(p)),
-                    Err(_) => Slot::Full,
-                }
-            }
-            _ => Slot::Got(None),
-        }
-    }
 }
 
-/// A session's place in the server-wide counts; released when dropped (with the session's
-/// [`crate::admission::Ticket`]).
+/// A session's place in the count of sessions in flight; released when dropped (with the
+/// session's [`crate::admission::Ticket`]), which lets a waiting accept loop go on.
 #[derive(Debug)]
 pub struct SessionSlot {
-    _permit: Option<OwnedSemaphorePermit>,
-    count: Arc<AtomicU32>,
+    sessions: Arc<Sessions>,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.sessions.count.fetch_sub(1, Ordering::AcqRel);
+        self.sessions.ended.notify_one();
     }
-}
-
-/// A session slot after accept.
-#[derive(Debug)]
-pub enum Slot {
-    /// Go on (holding the slot, if the limit is on).
-    Got(Option<OwnedSemaphorePermit>),
-    /// `max_sessions` reached with `"refuse"`.
-    Full,
 }
 
 /// Tells a client over `max_sessions` so, and closes.

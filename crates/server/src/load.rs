@@ -279,7 +279,7 @@ pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: Cancellation
         shared
             .load
             .set_lag(worst.iter().copied().max().unwrap_or_default());
-        shared.load.set_sessions_pct(gate.sessions_pct());
+        shared.load.set_sessions_pct(gate.sessions_pct(&shared));
         if tick.is_multiple_of(TICKS_PER_READING) {
             stuck = read_in_background(&shared, stuck);
         }

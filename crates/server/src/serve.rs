@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
-use crate::gate::{self, Gate, Slot};
+use crate::gate::{self, Admit, Gate};
 use crate::hold::Holder;
 use crate::load::{self, LoadMonitor};
 use crate::queue::{self, QueueHandle, QueueReceiver};
@@ -193,7 +193,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     ));
     let holder = Holder::start(shared.clone(), shutdown.clone(), sessions.clone())
         .context("cannot start the greeting-pause holder")?;
-    let gate = Arc::new(Gate::new(&shared.runtime.load().config.limits));
+    let gate = Arc::new(Gate::new());
     tokio::spawn(load::sample(shared.clone(), gate.clone(), shutdown.clone()));
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
@@ -314,9 +314,9 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let Some(mut slot) = gate.before_accept(&shared, &shutdown).await else {
+        if gate.before_accept(&shared, &shutdown).await.is_none() {
             return;
-        };
+        }
         // While waiting for a client, look at the load every second: a refusal by load
         // must not wait for the next connection to take effect.
         let accepted = loop {
@@ -337,18 +337,15 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if slot.is_none() {
-                    match gate.slot_or_refuse() {
-                        Slot::Got(s) => slot = s,
-                        Slot::Full => {
-                            let hostname = shared.runtime.load().config.server.hostname.clone();
-                            tokio::spawn(gate::refuse(stream, hostname));
-                            continue;
-                        }
+                let slot = match gate.after_accept(&shared, &shutdown).await {
+                    Admit::Session(slot) => slot,
+                    Admit::Full => {
+                        let hostname = shared.runtime.load().config.server.hostname.clone();
+                        tokio::spawn(gate::refuse(stream, hostname));
+                        continue;
                     }
-                }
-                gate.accepted();
-                holder.admit(stream, peer.ip(), gate.session(slot)).await;
+                };
+                holder.admit(stream, peer.ip(), slot).await;
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off briefly instead of spinning.

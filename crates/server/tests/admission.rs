@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::{Server, Smtp, access_file, local, server_with_access};
 
 #[test]
@@ -112,6 +113,42 @@ fn max_sessions_wait_keeps_new_clients_in_the_backlog() {
         "accepting connections again for daemon MTA",
         Duration::from_secs(5)
     ));
+}
+
+#[test]
+fn sighup_changes_max_sessions_at_once_and_a_lower_limit_is_exact() {
+    let mut server = Server::start("[limits]\nmax_sessions = 2\n");
+    let mut open: Vec<Smtp> = (0..2)
+        .map(|_| {
+            let mut c = Smtp::connect(server.addr());
+            assert_eq!(c.read_reply().0, 220);
+            c
+        })
+        .collect();
+    let mut third = Smtp::connect(server.addr());
+    assert!(third.is_silent_for(Duration::from_millis(500)));
+    // Raised to 3: the waiting client is let in without any session ending.
+    server.write_config("[limits]\nmax_sessions = 3\n");
+    server.signal(Signal::SIGHUP);
+    assert!(server.wait_log("configuration reloaded", Duration::from_secs(5)));
+    assert_eq!(third.read_reply().0, 220);
+    open.push(third);
+    // Lowered to 1 with three open: they go on, and a new client waits until the count is
+    // below the new limit, i.e. until all three have ended.
+    server.write_config("[limits]\nmax_sessions = 1\n");
+    server.signal(Signal::SIGHUP);
+    assert!(server.wait_log_count("configuration reloaded", 2, Duration::from_secs(5)));
+    let mut fourth = Smtp::connect(server.addr());
+    for mut c in open.drain(..2) {
+        assert_eq!(c.cmd("QUIT").0, 221);
+    }
+    assert!(
+        fourth.is_silent_for(Duration::from_millis(1500)),
+        "one session is still open: the limit of 1 is reached"
+    );
+    let mut last = open.pop().unwrap();
+    assert_eq!(last.cmd("QUIT").0, 221);
+    assert_eq!(fourth.read_reply().0, 220);
 }
 
 #[test]

@@ -169,6 +169,16 @@ impl Client {
         source: Option<IpAddr>,
         hard: Instant,
     ) -> Result<Self, Failure> {
+        Self::connect_within(target, source, REPLY_TIMEOUT, hard).await
+    }
+
+    /// As [`Client::connect`], giving up on the connect itself after `limit` (or at `hard`).
+    pub(crate) async fn connect_within(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        limit: Duration,
+        hard: Instant,
+    ) -> Result<Self, Failure> {
         let refuse = |e: anyhow::Error| Failure::new("refused", e.to_string());
         ensure_loopback(target.ip()).map_err(refuse)?;
         let socket = if target.is_ipv4() {
@@ -183,10 +193,15 @@ impl Client {
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| Failure::new("bind", format!("{ip}: {e}")))?;
         }
-        let deadline = clock::tokio_at((clock::now() + REPLY_TIMEOUT).min(hard));
+        let deadline = clock::tokio_at((clock::now() + limit).min(hard));
         let stream = timeout_at(deadline, socket.connect(target))
             .await
-            .map_err(|_| Failure::new("connect timeout", "no connection within 30 s"))?
+            .map_err(|_| {
+                Failure::new(
+                    "connect timeout",
+                    format!("no connection within {:.1} s", limit.as_secs_f64()),
+                )
+            })?
             .map_err(|e| Failure::new("connect", e.to_string()))?;
         stream
             .set_nodelay(true)
@@ -209,11 +224,24 @@ impl Client {
             .map_err(|e| Failure::new(format!("{stage} write"), e.to_string()))
     }
 
+    /// Moves the hard deadline (every later wait ends by it).
+    pub(crate) fn set_hard(&mut self, hard: Instant) {
+        self.hard = hard;
+    }
+
+    /// Reads one reply, whatever its code; failure kinds are `timeout` and those of
+    /// [`read_reply`] (`closed`, `io`, `protocol`).
+    pub(crate) async fn reply(&mut self) -> Result<Reply, Failure> {
+        timeout_at(self.deadline(), read_reply(&mut self.io))
+            .await
+            .map_err(|_| Failure::new("timeout", "no reply by the deadline"))?
+    }
+
     /// Reads one reply and requires exactly `want`; anything else is a failure of `stage`.
     pub(crate) async fn expect(&mut self, stage: &str, want: u16) -> Result<Reply, Failure> {
-        let reply = timeout_at(self.deadline(), read_reply(&mut self.io))
+        let reply = self
+            .reply()
             .await
-            .map_err(|_| Failure::new(format!("{stage} timeout"), "no reply within 30 s"))?
             .map_err(|f| Failure::new(format!("{stage} {}", f.kind), f.text))?;
         if reply.code == want {
             Ok(reply)

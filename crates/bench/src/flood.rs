@@ -123,6 +123,10 @@ pub(crate) struct FloodConfig {
     /// Seconds a slammer waits for its connect, and then for replies, before closing
     #[arg(long, default_value_t = 3.0)]
     pub(crate) slam_wait: f64,
+    /// Alternate baseline and flood this many times, each window --seconds/rounds long, and
+    /// pool the figures per phase (1..=100): cancels slow changes in the machine's speed
+    #[arg(long, default_value_t = 1)]
+    pub(crate) rounds: u32,
 }
 
 impl FloodConfig {
@@ -153,6 +157,11 @@ impl FloodConfig {
             self.slam_wait > 0.0 && self.slam_wait <= 60.0,
             "--slam-wait must be in (0, 60]"
         );
+        ensure!((1..=100).contains(&self.rounds), "--rounds must be 1..=100");
+        ensure!(
+            self.attempts() >= 1,
+            "--rate × --seconds / --rounds must give at least one slammer per window"
+        );
         ensure!(
             !self.slam_sources.0.is_empty() && self.slam_sources.0.len() <= MAX_SOURCES,
             "--slam-sources must list 1..={MAX_SOURCES} addresses"
@@ -174,18 +183,19 @@ impl FloodConfig {
         Ok(())
     }
 
-    fn phase_length(&self) -> Duration {
-        Duration::from_secs_f64(self.seconds)
+    /// One window of one phase.
+    fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds / f64::from(self.rounds))
     }
 
     fn slam_wait(&self) -> Duration {
         Duration::from_secs_f64(self.slam_wait)
     }
 
-    /// Slamming connection attempts in the flood phase.
+    /// Slamming connection attempts in one flood window.
     fn attempts(&self) -> u64 {
-        // Both factors are validated, so the product is below 4e8.
-        (self.rate * self.seconds).floor() as u64
+        // The factors are validated, so the product is below 4e8.
+        (self.rate * self.seconds / f64::from(self.rounds)).floor() as u64
     }
 }
 
@@ -392,6 +402,27 @@ impl SlamStats {
             Err(e) => self.errors.record(&Failure::new("task", e.to_string())),
         }
     }
+    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.attempted += other.attempted;
+        for (k, n) in other.outcomes {
+            *self.outcomes.entry(k).or_default() += n;
+        }
+        for (k, n) in other.first {
+            *self.first.entry(k).or_default() += n;
+        }
+        for (k, n) in other.ends {
+            *self.ends.entry(k).or_default() += n;
+        }
+        self.first_reply
+            .add(&other.first_reply)
+            .context("merge first-reply times")?;
+        self.errors.merge(other.errors);
+        self.capped += other.capped;
+        self.unfinished += other.unfinished;
+        self.max_lag = self.max_lag.max(other.max_lag);
+        self.span += other.span;
+        Ok(())
+    }
     pub(crate) fn count(&self, o: Outcome) -> u64 {
         self.outcomes.get(&o).copied().unwrap_or(0)
     }
@@ -569,6 +600,28 @@ fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SEC))
 }
 
+/// (steal, total) ticks of the machine from /proc/stat text: the `cpu` line's fields
+/// user nice system idle iowait irq softirq steal.
+pub(crate) fn parse_cpu_steal(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some((*fields.get(7)?, fields.iter().sum()))
+}
+
+/// The machine's (steal, total) CPU ticks so far; zeros when unreadable.
+fn machine_ticks() -> (u64, u64) {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_cpu_steal(&t))
+        .unwrap_or((0, 0))
+}
+
 /// Reads the server's VmRSS every 100 ms until told to stop; returns (peak kB, samples).
 async fn sample_rss(pid: u32, mut stop: oneshot::Receiver<()>) -> (u64, u64) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -601,9 +654,31 @@ pub(crate) struct Phase {
     pub(crate) our_cpu: Duration,
     pub(crate) rss_peak_kb: u64,
     pub(crate) rss_samples: u64,
+    /// CPU time the hypervisor gave to others (/proc/stat steal), and all CPU time, in ticks.
+    pub(crate) steal_ticks: u64,
+    pub(crate) total_ticks: u64,
 }
 
 impl Phase {
+    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.legit.merge(other.legit)?;
+        match (&mut self.slam, other.slam) {
+            (Some(a), Some(b)) => a.merge(b)?,
+            (None, b) => self.slam = b,
+            (Some(_), None) => {}
+        }
+        self.wall += other.wall;
+        self.server_cpu += other.server_cpu;
+        self.our_cpu += other.our_cpu;
+        self.rss_peak_kb = self.rss_peak_kb.max(other.rss_peak_kb);
+        self.rss_samples += other.rss_samples;
+        self.steal_ticks += other.steal_ticks;
+        self.total_ticks += other.total_ticks;
+        Ok(())
+    }
+    fn steal_pct(&self) -> f64 {
+        100.0 * self.steal_ticks as f64 / self.total_ticks.max(1) as f64
+    }
     fn rate(&self, seconds: f64) -> f64 {
         self.legit.sessions as f64 / seconds
     }
@@ -620,8 +695,9 @@ impl Phase {
 async fn phase(cfg: &Arc<FloodConfig>, cap: Option<usize>) -> anyhow::Result<Phase> {
     let server_cpu0 = cpu_time(Some(cfg.pid))?;
     let our_cpu0 = cpu_time(None)?;
+    let (steal0, total0) = machine_ticks();
     let start = clock::now();
-    let stop = start + cfg.phase_length();
+    let stop = start + cfg.window();
     let (stop_sampler, stopped) = oneshot::channel();
     let sampler = tokio::spawn(sample_rss(cfg.pid, stopped));
     let legit = spawn_legit(Arc::clone(cfg), stop)?;
@@ -635,6 +711,7 @@ async fn phase(cfg: &Arc<FloodConfig>, cap: Option<usize>) -> anyhow::Result<Pha
     let wall = clock::now() - start;
     let _ = stop_sampler.send(());
     let (rss_peak_kb, rss_samples) = sampler.await.context("memory sampler")?;
+    let (steal1, total1) = machine_ticks();
     Ok(Phase {
         legit,
         slam,
@@ -643,6 +720,8 @@ async fn phase(cfg: &Arc<FloodConfig>, cap: Option<usize>) -> anyhow::Result<Pha
         our_cpu: cpu_time(None)?.saturating_sub(our_cpu0),
         rss_peak_kb,
         rss_samples,
+        steal_ticks: steal1.saturating_sub(steal0),
+        total_ticks: total1.saturating_sub(total0),
     })
 }
 
@@ -651,6 +730,8 @@ async fn phase(cfg: &Arc<FloodConfig>, cap: Option<usize>) -> anyhow::Result<Pha
 pub(crate) struct FloodResult {
     pub(crate) baseline: Phase,
     pub(crate) flood: Phase,
+    /// Per round: (baseline p99 ms, flood p99 ms, baseline steal %, flood steal %).
+    pub(crate) rounds: Vec<(f64, f64, f64, f64)>,
     pub(crate) rss_before_kb: u64,
     pub(crate) vmhwm_kb: u64,
     /// The in-flight cap used (`--max-in-flight`, lowered to fit our open-files limit).
@@ -672,17 +753,41 @@ pub(crate) async fn run_flood(cfg: FloodConfig) -> anyhow::Result<FloodResult> {
     );
     let rss_before_kb = read_status_kb(cfg.pid, "VmRSS:")?;
     let cfg = Arc::new(cfg);
-    let baseline = phase(&cfg, None).await?;
-    let flood = phase(&cfg, Some(cap)).await?;
+    let mut baseline = phase(&cfg, None).await?;
+    let mut flood = phase(&cfg, Some(cap)).await?;
+    let mut rounds = vec![round_figures(&baseline, &flood)];
+    for _ in 1..cfg.rounds {
+        let b = phase(&cfg, None).await?;
+        let f = phase(&cfg, Some(cap)).await?;
+        rounds.push(round_figures(&b, &f));
+        baseline.merge(b)?;
+        flood.merge(f)?;
+    }
     let vmhwm_kb = read_status_kb(cfg.pid, "VmHWM:")?;
     Ok(FloodResult {
         baseline,
         flood,
+        rounds,
         rss_before_kb,
         vmhwm_kb,
         cap,
         our_nofile,
     })
+}
+
+fn round_figures(b: &Phase, f: &Phase) -> (f64, f64, f64, f64) {
+    (b.ms(0.99), f.ms(0.99), b.steal_pct(), f.steal_pct())
+}
+
+/// The median of per-round p99 ratios (flood over baseline).
+fn median_ratio(rounds: &[(f64, f64, f64, f64)]) -> f64 {
+    let mut r: Vec<f64> = rounds.iter().map(|x| x.1 / x.0.max(1e-9)).collect();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => r[n / 2],
+        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    }
 }
 
 fn code_label(code: Option<u16>) -> String {
@@ -717,7 +822,8 @@ impl FloodResult {
              \x20 legit:    {} worker(s) from {}, sessions back to back, {} B messages to <{}>\n\
              \x20   latency = one whole session: connect -> 220 -> EHLO -> MAIL -> RCPT -> DATA -> body -> 250 -> QUIT -> 221\n\
              \x20 slammers: {} connections/s for {:.1} s (open loop, at most {} in flight; our NOFILE {}) from {} addresses ({first_src} .. {last_src});\n\
-             \x20   each writes EHLO, MAIL, RCPT, DATA at once, reads until EOF or {:.1} s, closes\n",
+             \x20   each writes EHLO, MAIL, RCPT, DATA at once, reads until EOF or {:.1} s, closes\n\
+             \x20 phases:   baseline (legit alone) then flood (legit + slammers), {:.1} s each, in {} round(s) of {:.1} s windows\n",
             cfg.target,
             cfg.pid,
             crate::cores(),
@@ -731,6 +837,9 @@ impl FloodResult {
             self.our_nofile,
             sources.len(),
             cfg.slam_wait,
+            secs,
+            cfg.rounds,
+            secs / f64::from(cfg.rounds),
         );
         for (name, p) in [("baseline", &self.baseline), ("flood", &self.flood)] {
             out.push_str(&format!(
@@ -746,6 +855,24 @@ impl FloodResult {
         out.push_str(&format!(
             "  p99 flood/baseline: {:.2} (bar: at most 1.2)\n",
             self.p99_ratio()
+        ));
+        if self.rounds.len() > 1 {
+            for (i, (b, f, sb, sf)) in self.rounds.iter().enumerate() {
+                out.push_str(&format!(
+                    "    round {:>2}: p99 baseline {b:.2} ms (steal {sb:.0} %), flood {f:.2} ms (steal {sf:.0} %), ratio {:.2}\n",
+                    i + 1,
+                    f / b.max(1e-9),
+                ));
+            }
+            out.push_str(&format!(
+                "    median of the per-round ratios: {:.2}\n",
+                median_ratio(&self.rounds)
+            ));
+        }
+        out.push_str(&format!(
+            "  CPU steal (the hypervisor running others, whole machine): baseline {:.0} %, flood {:.0} %\n",
+            self.baseline.steal_pct(),
+            self.flood.steal_pct()
         ));
         for (name, p) in [("baseline", &self.baseline), ("flood", &self.flood)] {
             if p.legit.errors.total() > 0 {
@@ -839,14 +966,16 @@ impl FloodResult {
                 .collect()
         });
         out.push_str(&format!(
-            "RESULT flood rate={} seconds={:.1} legit_workers={} base_sessions={} base_rate={:.1} \
+            "RESULT flood rate={} seconds={:.1} rounds={} legit_workers={} base_sessions={} base_rate={:.1} \
              base_p50_ms={:.2} base_p99_ms={:.2} base_max_ms={:.2} flood_sessions={} flood_rate={:.1} \
-             flood_p50_ms={:.2} flood_p99_ms={:.2} flood_max_ms={:.2} p99_ratio={:.2} legit_failures={} \
+             flood_p50_ms={:.2} flood_p99_ms={:.2} flood_max_ms={:.2} p99_ratio={:.2} p99_ratio_round_median={:.2} \
+             legit_failures={} \
              slam_attempted={} slam_rejected={} slam_accepted={} slam_connect_failed={} slam_capped={} \
              slam_unfinished={}{codes} rss_before_kb={} rss_peak_base_kb={} rss_peak_flood_kb={} \
-             vmhwm_kb={} cpu_base_s={:.2} cpu_flood_s={:.2}",
+             vmhwm_kb={} cpu_base_s={:.2} cpu_flood_s={:.2} steal_base_pct={:.0} steal_flood_pct={:.0}",
             cfg.rate,
             secs,
+            cfg.rounds,
             cfg.legit_workers,
             self.baseline.legit.sessions,
             self.baseline.rate(secs),
@@ -859,6 +988,7 @@ impl FloodResult {
             self.flood.ms(0.99),
             self.flood.max_ms(),
             self.p99_ratio(),
+            median_ratio(&self.rounds),
             self.legit_failures(),
             slam.map_or(0, |s| s.attempted),
             count(Outcome::Rejected),
@@ -872,6 +1002,8 @@ impl FloodResult {
             self.vmhwm_kb,
             self.baseline.server_cpu.as_secs_f64(),
             self.flood.server_cpu.as_secs_f64(),
+            self.baseline.steal_pct(),
+            self.flood.steal_pct(),
         ));
         out
     }
@@ -938,6 +1070,13 @@ mod tests {
         assert_eq!(status_kb(status, "VmRSS:"), Some(10240));
         assert_eq!(status_kb(status, "VmHWM:"), Some(20480));
         assert!(cpu_time(None).is_ok());
+        let proc_stat = "cpu  100 5 50 800 10 1 2 32 0 0\ncpu0 50 2 25 400 5 0 1 16 0 0\n";
+        assert_eq!(parse_cpu_steal(proc_stat), Some((32, 1000)));
+        assert_eq!(parse_cpu_steal("cpu0 1 2 3\n"), None);
+        assert_eq!(
+            median_ratio(&[(2.0, 3.0, 0.0, 0.0), (4.0, 4.0, 0.0, 0.0)]),
+            1.25
+        );
     }
 
     fn config(target: SocketAddr) -> FloodConfig {
@@ -954,6 +1093,7 @@ mod tests {
             from: "bench@example.org".into(),
             max_in_flight: 1000,
             slam_wait: 0.3,
+            rounds: 1,
         }
     }
 
@@ -987,18 +1127,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn slammers_let_in_are_reported_loudly() {
+    async fn slammers_let_in_are_reported_loudly_over_rounds() {
         let (addr, server) = crate::fake::start().await;
         let cfg = FloodConfig {
             legit_workers: 1,
+            rounds: 2,
             ..config(addr)
         };
         let r = run_flood(cfg.clone()).await.unwrap();
         let report = r.report(&cfg);
         let s = r.flood.slam.as_ref().unwrap();
+        // Two windows of 0.25 s at 200/s: 50 slammers each.
+        assert_eq!(s.attempted, 100, "{report}");
         assert_eq!(s.count(Outcome::Accepted), 100, "{report}");
         assert_eq!(s.first.get(&Some(220)), Some(&100), "{report}");
         assert!(report.contains("!!! 100 SLAMMERS GOT IN"), "{report}");
+        assert_eq!(r.rounds.len(), 2);
+        assert!(
+            report.contains("round  2:") && report.contains(" rounds=2 "),
+            "{report}"
+        );
         server.abort();
     }
 

@@ -35,6 +35,13 @@ pub(crate) fn ensure_loopback(ip: IpAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the kernel picks `ip` as the source for any loopback target by itself (the
+/// `local 127.0.0.0/8 ... src 127.0.0.1` route; `::1` for IPv6).
+fn is_default_source(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+}
+
 /// One complete reply: its code and its text (lines joined by '\n').
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
@@ -189,6 +196,13 @@ impl Client {
         .map_err(|e| Failure::new("socket", e.to_string()))?;
         if let Some(ip) = source {
             ensure_loopback(ip).map_err(refuse)?;
+        }
+        // The family's own loopback address is what the kernel picks anyway: connect without
+        // binding it, so the port is chosen at connect for the 4-tuple. bind(ip, 0) searches
+        // for a port free on that address, which grows costly in kernel time (inet_bhash2_*)
+        // while thousands of other sockets are bound to 127/8 ports, as in a flood.
+        let bind = source.filter(|ip| !is_default_source(*ip));
+        if let Some(ip) = bind {
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| Failure::new("bind", format!("{ip}: {e}")))?;
@@ -206,6 +220,17 @@ impl Client {
         stream
             .set_nodelay(true)
             .map_err(|e| Failure::new("socket", e.to_string()))?;
+        if let Some(ip) = source {
+            let local = stream
+                .local_addr()
+                .map_err(|e| Failure::new("socket", e.to_string()))?;
+            if local.ip() != ip {
+                return Err(Failure::new(
+                    "source",
+                    format!("connected from {} instead of {ip}", local.ip()),
+                ));
+            }
+        }
         Ok(Self {
             io: BufReader::new(stream),
             hard,

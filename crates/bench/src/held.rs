@@ -108,7 +108,7 @@ fn read_memory(pid: u32) -> anyhow::Result<Memory> {
 }
 
 /// Raises our soft RLIMIT_NOFILE to `want` (and the hard one when permitted).
-fn raise_nofile(want: u64) -> anyhow::Result<u64> {
+pub(crate) fn raise_nofile(want: u64) -> anyhow::Result<u64> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
     if soft >= want {
         return Ok(soft);

@@ -1,6 +1,7 @@
 //! portcullis-bench: load generator for measuring a Portcullis (or any SMTP)
-//! server on this machine — `throughput` (messages/s, latency) and `held`
-//! (server memory per idle connection).
+//! server on this machine — `throughput` (messages/s, latency), `held`
+//! (server memory per idle connection) and `flood` (an exempt client's latency under a
+//! connection flood).
 //!
 //! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
 //! time or count bound, or touch the server other than over SMTP and /proc reads.
@@ -9,6 +10,7 @@ mod access;
 mod clock;
 #[cfg(test)]
 mod fake;
+mod flood;
 mod held;
 mod message;
 mod smtp;
@@ -47,6 +49,13 @@ enum Scenario {
     /// Runs on 2 tokio worker threads (the machine has 2 cores, shared with the
     /// server). Pass several --sources to exceed one address's ephemeral ports.
     Held(held::HeldConfig),
+    /// An exempt client's session latency alone, then under a connection flood; server memory
+    ///
+    /// Phase 1 (baseline): the legitimate client alone for --seconds. Phase 2 (flood): the
+    /// same client while slammers open --rate connections per second from --slam-sources,
+    /// each talking before the greeting. Slammers run on 2 tokio worker threads, the
+    /// legitimate client on a thread of its own; all share the machine with the server.
+    Flood(flood::FloodConfig),
     /// Generates a large Sendmail access map; times parsing and lookups, reports peak RSS
     ///
     /// Runs in this process only (no server, no network); single-threaded.
@@ -95,6 +104,10 @@ fn main() -> anyhow::Result<()> {
                 println!("holding for {:.1} s (Ctrl-C ends early)", cfg.hold);
                 let closed = run.hold_then_close(Duration::from_secs_f64(cfg.hold)).await;
                 println!("closed {closed} connections");
+            }
+            Scenario::Flood(cfg) => {
+                let result = flood::run_flood(cfg.clone()).await?;
+                println!("{}", result.report(&cfg));
             }
             Scenario::AccessLoad(cfg) => {
                 let result = access::run_access_load(&cfg)?;

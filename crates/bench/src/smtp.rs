@@ -35,6 +35,13 @@ pub(crate) fn ensure_loopback(ip: IpAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the kernel picks `ip` as the source for any loopback target by itself (the
+/// `local 127.0.0.0/8 ... src 127.0.0.1` route; `::1` for IPv6).
+fn is_default_source(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+}
+
 /// One complete reply: its code and its text (lines joined by '\n').
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reply {
@@ -169,6 +176,16 @@ impl Client {
         source: Option<IpAddr>,
         hard: Instant,
     ) -> Result<Self, Failure> {
+        Self::connect_within(target, source, REPLY_TIMEOUT, hard).await
+    }
+
+    /// As [`Client::connect`], giving up on the connect itself after `limit` (or at `hard`).
+    pub(crate) async fn connect_within(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        limit: Duration,
+        hard: Instant,
+    ) -> Result<Self, Failure> {
         let refuse = |e: anyhow::Error| Failure::new("refused", e.to_string());
         ensure_loopback(target.ip()).map_err(refuse)?;
         let socket = if target.is_ipv4() {
@@ -179,18 +196,41 @@ impl Client {
         .map_err(|e| Failure::new("socket", e.to_string()))?;
         if let Some(ip) = source {
             ensure_loopback(ip).map_err(refuse)?;
+        }
+        // The family's own loopback address is what the kernel picks anyway: connect without
+        // binding it, so the port is chosen at connect for the 4-tuple. bind(ip, 0) searches
+        // for a port free on that address, which grows costly in kernel time (inet_bhash2_*)
+        // while thousands of other sockets are bound to 127/8 ports, as in a flood.
+        let bind = source.filter(|ip| !is_default_source(*ip));
+        if let Some(ip) = bind {
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| Failure::new("bind", format!("{ip}: {e}")))?;
         }
-        let deadline = clock::tokio_at((clock::now() + REPLY_TIMEOUT).min(hard));
+        let deadline = clock::tokio_at((clock::now() + limit).min(hard));
         let stream = timeout_at(deadline, socket.connect(target))
             .await
-            .map_err(|_| Failure::new("connect timeout", "no connection within 30 s"))?
+            .map_err(|_| {
+                Failure::new(
+                    "connect timeout",
+                    format!("no connection within {:.1} s", limit.as_secs_f64()),
+                )
+            })?
             .map_err(|e| Failure::new("connect", e.to_string()))?;
         stream
             .set_nodelay(true)
             .map_err(|e| Failure::new("socket", e.to_string()))?;
+        if let Some(ip) = source {
+            let local = stream
+                .local_addr()
+                .map_err(|e| Failure::new("socket", e.to_string()))?;
+            if local.ip() != ip {
+                return Err(Failure::new(
+                    "source",
+                    format!("connected from {} instead of {ip}", local.ip()),
+                ));
+            }
+        }
         Ok(Self {
             io: BufReader::new(stream),
             hard,
@@ -209,11 +249,24 @@ impl Client {
             .map_err(|e| Failure::new(format!("{stage} write"), e.to_string()))
     }
 
+    /// Moves the hard deadline (every later wait ends by it).
+    pub(crate) fn set_hard(&mut self, hard: Instant) {
+        self.hard = hard;
+    }
+
+    /// Reads one reply, whatever its code; failure kinds are `timeout` and those of
+    /// [`read_reply`] (`closed`, `io`, `protocol`).
+    pub(crate) async fn reply(&mut self) -> Result<Reply, Failure> {
+        timeout_at(self.deadline(), read_reply(&mut self.io))
+            .await
+            .map_err(|_| Failure::new("timeout", "no reply by the deadline"))?
+    }
+
     /// Reads one reply and requires exactly `want`; anything else is a failure of `stage`.
     pub(crate) async fn expect(&mut self, stage: &str, want: u16) -> Result<Reply, Failure> {
-        let reply = timeout_at(self.deadline(), read_reply(&mut self.io))
+        let reply = self
+            .reply()
             .await
-            .map_err(|_| Failure::new(format!("{stage} timeout"), "no reply within 30 s"))?
             .map_err(|f| Failure::new(format!("{stage} {}", f.kind), f.text))?;
         if reply.code == want {
             Ok(reply)

@@ -151,7 +151,9 @@ async fn past_its_lifetime_a_message_is_held_not_dropped() {
         token,
         runner,
     } = start_broken(
-        "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"1s\"\n",
+        // Ages are whole seconds: with a lifetime of 2 s the first attempt (at age 0 or 1)
+        // always fails and is retried before the message is held.
+        "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"2s\"\n",
     );
     assert!(
         wait_for(

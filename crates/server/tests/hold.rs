@@ -29,7 +29,8 @@ fn pauses_end_in_deadline_order_and_a_talker_is_answered_at_once() {
         "[greet_pause]\ndefault = \"4s\"\n",
     );
     let t0 = Instant::now();
-    // Connected in the opposite order of their deadlines.
+    // Connected in the opposite order of their deadlines. Never early; up to 2 s late is
+    // allowed, since a loaded 2-core CI machine can stall a test thread that long.
     let mut long = Smtp::connect_from(server.addr(), local(1));
     let mut middle = Smtp::connect_from(server.addr(), local(3));
     let mut short = Smtp::connect_from(server.addr(), local(2));
@@ -42,19 +43,19 @@ fn pauses_end_in_deadline_order_and_a_talker_is_answered_at_once() {
     let (line, at) = greeting(&mut short, t0);
     assert!(line.starts_with("220 mx.example.test ESMTP"), "{line}");
     assert!(
-        (0.6..1.6).contains(&at),
+        (0.6..2.6).contains(&at),
         "600 ms pause ended after {at:.3}s"
     );
     let (line, at) = greeting(&mut middle, t0);
     assert!(line.starts_with("220 "), "{line}");
     assert!(
-        (1.8..2.8).contains(&at),
+        (1.8..3.8).contains(&at),
         "1800 ms pause ended after {at:.3}s"
     );
     let (line, at) = greeting(&mut long, t0);
     assert!(line.starts_with("220 "), "{line}");
     assert!(
-        (4.0..5.0).contains(&at),
+        (4.0..6.0).contains(&at),
         "default 4 s pause ended after {at:.3}s"
     );
 

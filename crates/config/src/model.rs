@@ -189,13 +189,29 @@ pub struct LimitsConfig {
     /// What happens once `max_sessions` sessions are open.
     pub max_sessions_action: MaxSessionsAction,
     /// The deliberate delays the server puts into one session (`load.delay_*`'s 1 s per
-    /// command, and later the bad-recipient throttle and tarpits) never add up past this,
-    /// 0 s to 1 h: once the next delay would pass it, the session gets `421 4.3.2
-    /// <hostname> Too busy; please try again later` and is closed, so a well-behaved client
-    /// never times out on us. The greeting pause (bounded on its own) and
+    /// command, the bad-recipient throttle's `bad_rcpt_throttle_delay`, and later tarpits)
+    /// never add up past this, 0 s to 1 h: once the next delay would pass it, the session
+    /// gets `421 4.3.2 <hostname> Too busy; please try again later` and is closed, so a
+    /// well-behaved client never times out on us. The greeting pause (bounded on its own) and
     /// `connection_rate_throttle` (before the session exists) do not count. 0 = no
     /// deliberate delay at all: every delay becomes a 421.
     pub session_delay_budget: Duration,
+    /// Sendmail's `MaxRecipientsPerMessage`: accepted recipients per message, 0 to 1000;
+    /// the next RCPTs get `452 4.5.3 Too many recipients` and count as bad recipients.
+    /// 0 = no limit of its own (the server's hard cap of 1000 still applies).
+    pub max_recipients_per_message: u32,
+    /// Sendmail's `BadRcptThrottle`: once a transaction has this many rejected RCPTs, every
+    /// later RCPT of it (good or bad) waits `bad_rcpt_throttle_delay` before its reply,
+    /// counted against `session_delay_budget`. The count resets at MAIL. 0 to 1,000,000;
+    /// 0 = off.
+    pub bad_rcpt_throttle: u32,
+    /// Sendmail's `BadRcptThrottleDelay` (fixed at 1 s where it is not compiled in): the
+    /// wait of each throttled RCPT, 0 s to 60 s. 0 s = the throttle only logs.
+    pub bad_rcpt_throttle_delay: Duration,
+    /// Sendmail's `BadRcptShutdown`: after this many rejected RCPTs in one session, the next
+    /// RCPT gets `421 4.7.0 <hostname> Too many bad recipients; closing connection` and the
+    /// connection is closed. 0 to 1,000,000; 0 = off.
+    pub bad_rcpt_shutdown: u32,
 }
 
 impl Default for LimitsConfig {
@@ -208,6 +224,10 @@ impl Default for LimitsConfig {
             max_sessions: 0,
             max_sessions_action: MaxSessionsAction::Wait,
             session_delay_budget: Duration::from_secs(60),
+            max_recipients_per_message: 0,
+            bad_rcpt_throttle: 0,
+            bad_rcpt_throttle_delay: Duration::from_secs(1),
+            bad_rcpt_shutdown: 0,
         }
     }
 }

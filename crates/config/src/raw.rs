@@ -115,6 +115,10 @@ pub(crate) struct RawLimits {
     pub(crate) max_sessions: Option<Spanned<u64>>,
     pub(crate) max_sessions_action: Option<Spanned<RawMaxSessionsAction>>,
     pub(crate) session_delay_budget: Text,
+    pub(crate) max_recipients_per_message: Option<Spanned<u64>>,
+    pub(crate) bad_rcpt_throttle: Option<Spanned<u64>>,
+    pub(crate) bad_rcpt_throttle_delay: Text,
+    pub(crate) bad_rcpt_shutdown: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -494,6 +498,19 @@ mod tests {
             (
                 "[limits]\nsession_delay_budget = 60\n",
                 &[(2, "`limits.session_delay_budget`: invalid type: integer")],
+            ),
+            (
+                "[limits]\nbad_rcpt_throttle_delay = 1\nbad_rcpt_throttle = \"2\"\n\
+                 max_recipients_per_message = -1\nbad_rcpt_shutdown = 1.5\n",
+                &[
+                    (2, "`limits.bad_rcpt_throttle_delay`: invalid type: integer"),
+                    (3, "`limits.bad_rcpt_throttle`: invalid type: string"),
+                    (4, "`limits.max_recipients_per_message`: invalid value"),
+                    (
+                        5,
+                        "`limits.bad_rcpt_shutdown`: invalid type: floating point",
+                    ),
+                ],
             ),
             (
                 "load = 1\n",

@@ -364,6 +364,10 @@ fn admission_sections_default_when_absent() {
             max_sessions: 0,
             max_sessions_action: MaxSessionsAction::Wait,
             session_delay_budget: MINUTE,
+            max_recipients_per_message: 0,
+            bad_rcpt_throttle: 0,
+            bad_rcpt_throttle_delay: Duration::from_secs(1),
+            bad_rcpt_shutdown: 0,
         }
     );
     assert_eq!(c.rate_control, RateControlConfig::default());
@@ -385,7 +389,9 @@ fn admission_sections_round_trip() {
          [conn_control]\nterminate = false\naction = \"ignore\"\n\
          [limits]\nclient_ipv4_prefix = 24\nclient_ipv6_prefix = 48\n\
          max_tracked_clients = 5000\nconnection_rate_throttle = 2\nmax_sessions = 200\n\
-         max_sessions_action = \"refuse\"\nsession_delay_budget = \"90s\"\n{QUIET_TAIL}"
+         max_sessions_action = \"refuse\"\nsession_delay_budget = \"90s\"\n\
+         max_recipients_per_message = 100\nbad_rcpt_throttle = 2\n\
+         bad_rcpt_throttle_delay = \"1500ms\"\nbad_rcpt_shutdown = 10\n{QUIET_TAIL}"
     );
     let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
@@ -415,6 +421,10 @@ fn admission_sections_round_trip() {
             max_sessions: 200,
             max_sessions_action: MaxSessionsAction::Refuse,
             session_delay_budget: Duration::from_secs(90),
+            max_recipients_per_message: 100,
+            bad_rcpt_throttle: 2,
+            bad_rcpt_throttle_delay: Duration::from_millis(1500),
+            bad_rcpt_shutdown: 10,
         }
     );
 }
@@ -453,6 +463,26 @@ fn admission_bounds_are_inclusive() {
         }),
         ("[limits]\nsession_delay_budget = \"1ms\"\n", |c| {
             c.limits.session_delay_budget == Duration::from_millis(1)
+        }),
+        ("[limits]\nmax_recipients_per_message = 1\n", |c| {
+            c.limits.max_recipients_per_message == 1
+        }),
+        ("[limits]\nmax_recipients_per_message = 1000\n", |c| {
+            c.limits.max_recipients_per_message == 1000
+        }),
+        ("[limits]\nbad_rcpt_throttle = 1000000\n", |c| {
+            c.limits.bad_rcpt_throttle == 1_000_000
+        }),
+        ("[limits]\nbad_rcpt_shutdown = 1000000\n", |c| {
+            c.limits.bad_rcpt_shutdown == 1_000_000
+        }),
+        (
+            "[limits]\nbad_rcpt_throttle = 1\nbad_rcpt_throttle_delay = \"60s\"\n",
+            |c| c.limits.bad_rcpt_throttle_delay == MINUTE,
+        ),
+        // 0s is silent while the throttle is off.
+        ("[limits]\nbad_rcpt_throttle_delay = \"0s\"\n", |c| {
+            c.limits.bad_rcpt_throttle_delay.is_zero()
         }),
     ];
     for &(section, check) in table {
@@ -557,6 +587,38 @@ fn admission_bad_values_at_their_lines() {
             2,
             "`limits.session_delay_budget`: \"a minute\" is not a duration",
         ),
+        (
+            "[limits]\nmax_recipients_per_message = 1001\n",
+            2,
+            "`limits.max_recipients_per_message` must be between 0 and 1000, not 1001: \
+             the hard cap is 1000",
+        ),
+        (
+            "[limits]\nmax_recipients_per_message = -1\n",
+            2,
+            "`limits.max_recipients_per_message`: invalid value",
+        ),
+        (
+            "[limits]\nbad_rcpt_throttle = 1000001\n",
+            2,
+            "`limits.bad_rcpt_throttle` must be between 0 and 1000000, not 1000001",
+        ),
+        (
+            "[limits]\n\nbad_rcpt_shutdown = 1000001\n",
+            3,
+            "`limits.bad_rcpt_shutdown` must be between 0 and 1000000, not 1000001",
+        ),
+        (
+            "[limits]\nbad_rcpt_throttle_delay = \"61s\"\n",
+            2,
+            "`limits.bad_rcpt_throttle_delay` = 1m 1s is out of range: it must be between 0s \
+             and 1m",
+        ),
+        (
+            "[limits]\nbad_rcpt_throttle_delay = 1\n",
+            2,
+            "`limits.bad_rcpt_throttle_delay`: invalid type: integer",
+        ),
     ];
     for &(section, line, fragment) in table {
         let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
@@ -576,10 +638,12 @@ fn admission_errors_all_reported_in_one_pass() {
     let diags = expect_err(
         "[rate_control]\nwindow = \"2h\"\n\
          [limits]\nclient_ipv4_prefix = 40\nclient_ipv6_prefix = 200\n\
-         max_tracked_clients = 0\nmax_sessions_action = \"later\"\n",
+         max_tracked_clients = 0\nmax_sessions_action = \"later\"\n\
+         max_recipients_per_message = 5000\nbad_rcpt_throttle_delay = \"1h\"\n\
+         bad_rcpt_shutdown = -4\n",
     );
     let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
-    assert_eq!(lines, vec![2, 4, 5, 6, 7], "{diags:#?}");
+    assert_eq!(lines, vec![2, 4, 5, 6, 7, 8, 9, 10], "{diags:#?}");
     assert_eq!(
         errors(&diags)[1].to_string(),
         "p.toml:4:22: error: `limits.client_ipv4_prefix` must be between 0 and 32, not 40"
@@ -625,6 +689,18 @@ fn admission_warnings_at_their_lines() {
                 "`limits.session_delay_budget` = 0s allows no deliberate delay in a session: \
                  every delay becomes a 421",
             )],
+        ),
+        (
+            "[limits]\nbad_rcpt_throttle_delay = \"0s\"\n\nbad_rcpt_throttle = 3\n",
+            &[(
+                2,
+                "`limits.bad_rcpt_throttle_delay` = 0s with `limits.bad_rcpt_throttle` = 3: \
+                 the throttle then only logs",
+            )],
+        ),
+        (
+            "[limits]\nbad_rcpt_throttle = 0\nbad_rcpt_throttle_delay = \"0s\"\n",
+            &[],
         ),
     ];
     for &(section, expected) in table {

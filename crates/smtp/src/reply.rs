@@ -343,6 +343,15 @@ pub fn too_many_bad_commands(hostname: &str) -> Reply {
     )
 }
 
+/// `421 4.7.0 <host> Too many bad recipients; closing connection` (Sendmail's
+/// BadRcptShutdown).
+pub fn too_many_bad_recipients(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        format!("4.7.0 {hostname} Too many bad recipients; closing connection"),
+    )
+}
+
 /// `421 4.3.2 <host> Too busy; please try again later`: a deliberate delay would have
 /// taken the session past its delay budget.
 pub fn too_busy(hostname: &str) -> Reply {

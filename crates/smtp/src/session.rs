@@ -122,6 +122,17 @@ pub struct SessionConfig {
     /// The deliberate delays of one session (DelayLA, throttles) never add up past this; the
     /// delay that would is answered with `421 4.3.2 ... Too busy` instead.
     pub delay_budget: Duration,
+    /// Sendmail's MaxRecipientsPerMessage: accepted recipients per message; the next RCPTs
+    /// get `452 4.5.3 Too many recipients`. 0: only `max_recipients` applies.
+    pub max_recipients_per_message: usize,
+    /// Sendmail's BadRcptThrottle: once a transaction has this many rejected RCPTs, each
+    /// later RCPT waits `bad_rcpt_throttle_delay` first. 0 = off.
+    pub bad_rcpt_throttle: u32,
+    /// The wait of the throttle (Sendmail: 1 s).
+    pub bad_rcpt_throttle_delay: Duration,
+    /// Sendmail's BadRcptShutdown: after this many rejected RCPTs in the session, the next
+    /// RCPT gets `421 4.7.0 ... Too many bad recipients` and the session closes. 0 = off.
+    pub bad_rcpt_shutdown: u32,
 }
 
 impl SessionConfig {
@@ -135,6 +146,10 @@ impl SessionConfig {
             max_recipients: 1000,
             max_bad_commands: 25,
             delay_budget: Duration::from_secs(60),
+            max_recipients_per_message: 0,
+            bad_rcpt_throttle: 0,
+            bad_rcpt_throttle_delay: Duration::from_secs(1),
+            bad_rcpt_shutdown: 0,
         }
     }
 }
@@ -273,6 +288,10 @@ pub enum Note {
         /// Why, from [`CommandDelay::reason`].
         reason: String,
     },
+    /// A RCPT got `452 4.5.3 Too many recipients` (MaxRecipientsPerMessage).
+    TooManyRecipients,
+    /// Too many rejected RCPTs.
+    RcptFlood(RcptFlood),
     /// The next delay would have passed the session's delay budget: `421 4.3.2 ... Too
     /// busy` was sent and the session closed.
     DelayBudgetSpent {
@@ -281,6 +300,17 @@ pub enum Note {
         /// The command that was not delayed.
         command: &'static str,
     },
+}
+
+/// Recipient defences the driver logs (Sendmail's wording in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RcptFlood {
+    /// The transaction reached `bad_rcpt_throttle`: its RCPTs are delayed from now on
+    /// (`Possible SMTP RCPT flood, throttling.`), once per transaction.
+    Throttling,
+    /// `bad_rcpt_shutdown` reached: 421 sent, session closed (`Possible SMTP RCPT flood,
+    /// shutting down connection.`).
+    ShuttingDown,
 }
 
 /// Sendmail logs its `delaying=` line at most this often per session.
@@ -444,6 +474,11 @@ pub struct Session {
     command_delay: Option<CommandDelay>,
     /// When the last [`Note::Delaying`] was given.
     delay_noted_at: Option<Instant>,
+    /// Rejected RCPTs in this transaction (reset by MAIL) and in the whole session.
+    tx_bad_rcpts: u32,
+    session_bad_rcpts: u32,
+    /// [`RcptFlood::Throttling`] was noted in this transaction.
+    throttle_noted: bool,
     stats: SessionStats,
 }
 
@@ -479,6 +514,9 @@ impl Session {
             refused: 0,
             command_delay: None,
             delay_noted_at: None,
+            tx_bad_rcpts: 0,
+            session_bad_rcpts: 0,
+            throttle_noted: false,
             stats: SessionStats::default(),
         };
         s.send(greeting);
@@ -585,6 +623,9 @@ impl Session {
         match verdict {
             Verdict::Accept => self.proceed(pending, now),
             Verdict::Reject(r) => {
+                if matches!(pending, Pending::Rcpt { .. }) && self.tx.is_some() {
+                    self.bad_rcpt();
+                }
                 self.send(&r);
                 self.arm_for_next_command(now);
             }
@@ -768,6 +809,9 @@ impl Session {
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(r) => {
+                if self.tx.is_some() && command::verb_name(line) == "RCPT" {
+                    self.bad_rcpt();
+                }
                 self.send(&r);
                 self.arm_for_next_command(now);
                 return;
@@ -804,35 +848,65 @@ impl Session {
     /// Puts the command delay before `line`, within the delay budget. Returns the line when
     /// it is to be handled now (no delay, or QUIT and RSET, which Sendmail never delays).
     fn delay(&mut self, line: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
-        let Some(delay) = &self.command_delay else {
-            return Some(line);
-        };
         let command = command::verb_name(&line);
-        if matches!(command, "QUIT" | "RSET") || delay.each.is_zero() {
-            return Some(line);
+        let in_rcpt = command == "RCPT" && self.tx.is_some() && self.rejecting.is_none();
+        let shutdown = self.cfg.bad_rcpt_shutdown;
+        if in_rcpt && shutdown > 0 && self.session_bad_rcpts >= shutdown {
+            let r = reply::too_many_bad_recipients(&self.cfg.hostname);
+            self.send(&r);
+            self.note(Note::RcptFlood(RcptFlood::ShuttingDown));
+            self.close();
+            return None;
         }
-        let each = delay.each;
+        let load = self
+            .command_delay
+            .as_ref()
+            .filter(|_| !matches!(command, "QUIT" | "RSET"))
+            .map(|d| (d.each, d.reason.clone()));
+        let throttle = self.cfg.bad_rcpt_throttle;
+        let throttled = in_rcpt && throttle > 0 && self.tx_bad_rcpts >= throttle;
+        let each = load.as_ref().map_or(Duration::ZERO, |(d, _)| *d)
+            + if throttled {
+                self.cfg.bad_rcpt_throttle_delay
+            } else {
+                Duration::ZERO
+            };
         let spent = self.stats.delayed;
-        if spent + each > self.cfg.delay_budget {
+        if !each.is_zero() && spent + each > self.cfg.delay_budget {
             let r = reply::too_busy(&self.cfg.hostname);
             self.send(&r);
             self.note(Note::DelayBudgetSpent { spent, command });
             self.close();
             return None;
         }
-        if self
-            .delay_noted_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= DELAY_NOTE_EVERY)
+        if throttled && !self.throttle_noted {
+            self.throttle_noted = true;
+            self.note(Note::RcptFlood(RcptFlood::Throttling));
+        }
+        if let Some((d, reason)) = load
+            && !d.is_zero()
+            && self
+                .delay_noted_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= DELAY_NOTE_EVERY)
         {
-            let reason = delay.reason.clone();
             self.delay_noted_at = Some(now);
             self.note(Note::Delaying { command, reason });
+        }
+        if each.is_zero() {
+            return Some(line);
         }
         self.stats.delayed += each;
         let phase = self.deadline.map_or(WaitPhase::Misc, |(_, p)| p);
         self.deadline = Some((now + each, phase));
         self.phase = Phase::Delaying(line);
         None
+    }
+
+    /// A RCPT of the open transaction was refused (Sendmail counts every RCPT that ends
+    /// in an error reply).
+    fn bad_rcpt(&mut self) {
+        self.tx_bad_rcpts = self.tx_bad_rcpts.saturating_add(1);
+        self.session_bad_rcpts = self.session_bad_rcpts.saturating_add(1);
     }
 
     /// One command line in rejecting mode (Sendmail's null-server switch).
@@ -929,17 +1003,29 @@ impl Session {
     fn cmd_rcpt(&mut self, recipient: ReversePath, now: Instant) {
         let check = match &self.tx {
             None => Some(reply::need_mail()),
-            Some(tx) if tx.recipients.len() >= self.cfg.max_recipients => {
+            Some(tx) if tx.recipients.len() >= self.recipient_limit() => {
                 Some(reply::too_many_recipients())
             }
             Some(_) => None,
         };
         match check {
             Some(r) => {
+                if self.tx.is_some() {
+                    self.bad_rcpt();
+                    self.note(Note::TooManyRecipients);
+                }
                 self.send(&r);
                 self.arm_for_next_command(now);
             }
             None => self.ask(Pending::Rcpt { recipient }),
+        }
+    }
+
+    /// Accepted recipients a message may have: MaxRecipientsPerMessage within the hard cap.
+    fn recipient_limit(&self) -> usize {
+        match self.cfg.max_recipients_per_message {
+            0 => self.cfg.max_recipients,
+            n => n.min(self.cfg.max_recipients),
         }
     }
 
@@ -997,6 +1083,9 @@ impl Session {
                 self.arm(WaitPhase::Mail, now);
             }
             Pending::Mail { sender, .. } => {
+                // Sendmail resets its bad-recipient count at every accepted MAIL.
+                self.tx_bad_rcpts = 0;
+                self.throttle_noted = false;
                 self.send(&reply::sender_ok(&sender));
                 self.tx = Some(Transaction {
                     sender,

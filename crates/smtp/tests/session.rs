@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_smtp::{
-    Ask, BareLineEndings, ClientInfo, CommandDelay, CommitError, Event, Message, Note, ReversePath,
-    Session, SessionConfig, Verdict, WaitPhase, received_header, reply,
+    Ask, BareLineEndings, ClientInfo, CommandDelay, CommitError, Event, Message, Note, RcptFlood,
+    ReversePath, Session, SessionConfig, Verdict, WaitPhase, received_header, reply,
 };
 
 struct Harness {
@@ -870,4 +870,110 @@ fn shutdown_during_a_delay_answers_421_at_once() {
         "421 4.3.2 mx.example.test Service shutting down\r\n"
     );
     assert!(h.session.is_closed());
+}
+
+/// Rejects `bad*` local parts as unknown users.
+fn unknown_bad_users(ask: &Ask) -> Verdict {
+    match ask {
+        Ask::Rcpt {
+            recipient: ReversePath::Mailbox(m),
+            ..
+        } if m.local.starts_with("bad") => Verdict::Reject(reply::user_unknown(m)),
+        _ => Verdict::Accept,
+    }
+}
+
+#[test]
+fn max_recipients_per_message_counts_accepted_recipients_only() {
+    // Reference section d: 1 good + 1 unknown + 2 good with a limit of 3 -> the 4th good
+    // RCPT gets 452 (3 accepted); the message goes to the accepted ones; a new MAIL resets.
+    let mut cfg = config();
+    cfg.max_recipients_per_message = 3;
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<r1@localhost>\r\n").starts_with("250"));
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    assert!(h.send(b"RCPT TO:<r2@localhost>\r\n").starts_with("250"));
+    assert!(h.send(b"RCPT TO:<r3@localhost>\r\n").starts_with("250"));
+    assert_eq!(
+        h.send(b"RCPT TO:<r4@localhost>\r\n"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert_eq!(h.notes, vec![Note::TooManyRecipients]);
+    h.send(b"DATA\r\n");
+    assert!(h.send(b"x\r\n.\r\n").starts_with("250 2.0.0"));
+    assert_eq!(
+        h.committed[0].recipients,
+        vec!["r1@localhost", "r2@localhost", "r3@localhost"]
+    );
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<r4@localhost>\r\n").starts_with("250"));
+}
+
+#[test]
+fn bad_rcpt_throttle_delays_every_later_rcpt_of_the_transaction() {
+    // Reference section e: throttle 2; the 3rd and later RCPTs (good ones too) wait 1 s;
+    // noted once per transaction; a new MAIL resets the count.
+    let mut cfg = config();
+    cfg.bad_rcpt_throttle = 2;
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    assert!(h.send(b"RCPT TO:<bad2@localhost>\r\n").starts_with("550"));
+    assert_eq!(h.send(b"RCPT TO:<bad3@localhost>\r\n"), "");
+    assert_eq!(h.notes, vec![Note::RcptFlood(RcptFlood::Throttling)]);
+    assert_eq!(h.advance(Duration::from_millis(999)), "");
+    assert!(h.advance(Duration::from_millis(1)).starts_with("550"));
+    assert_eq!(h.send(b"RCPT TO:<good@localhost>\r\n"), "");
+    assert!(h.advance(Duration::from_secs(1)).starts_with("250 2.1.5"));
+    assert_eq!(h.notes.len(), 1, "noted once per transaction");
+    // Other commands are not throttled; MAIL resets the count.
+    assert_eq!(h.send(b"RSET\r\n"), "250 2.0.0 Reset state\r\n");
+    h.send(b"MAIL FROM:<b@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<good@localhost>\r\n").starts_with("250"));
+    assert_eq!(h.session.stats().delayed, Duration::from_secs(2));
+}
+
+#[test]
+fn bad_rcpt_throttle_within_the_delay_budget() {
+    let mut cfg = config();
+    cfg.bad_rcpt_throttle = 1;
+    cfg.delay_budget = Duration::from_secs(1);
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    h.send(b"RCPT TO:<bad1@localhost>\r\n");
+    h.send(b"RCPT TO:<bad2@localhost>\r\n");
+    assert!(h.advance(Duration::from_secs(1)).starts_with("550"));
+    assert_eq!(
+        h.send(b"RCPT TO:<bad3@localhost>\r\n"),
+        "421 4.3.2 mx.example.test Too busy; please try again later\r\n"
+    );
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn bad_rcpt_shutdown_closes_after_that_many_bad_recipients_in_the_session() {
+    let mut cfg = config();
+    cfg.bad_rcpt_shutdown = 2;
+    let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    // A syntax error in a RCPT counts too; a new MAIL does not reset the session's count.
+    assert!(h.send(b"RCPT TO:<<>\r\n").starts_with("5"));
+    h.send(b"RSET\r\n");
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert_eq!(
+        h.send(b"RCPT TO:<good@localhost>\r\n"),
+        "421 4.7.0 mx.example.test Too many bad recipients; closing connection\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert_eq!(h.notes, vec![Note::RcptFlood(RcptFlood::ShuttingDown)]);
 }

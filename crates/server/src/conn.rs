@@ -21,8 +21,8 @@ use std::time::Instant;
 use portcullis_config::Action;
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
-    Ask, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Message, Note, Session,
-    Verdict, received_header, reply,
+    Ask, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Message, Note, RcptFlood,
+    Session, Verdict, received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -462,6 +462,23 @@ impl Driver {
                 });
                 return;
             }
+            Note::TooManyRecipients => {
+                let qid = self.log_id(session);
+                self.shared.telemetry.emit(Event::TooManyRecipients {
+                    qid: &qid,
+                    relay: &self.relay,
+                });
+                return;
+            }
+            Note::RcptFlood(flood) => {
+                let qid = self.log_id(session);
+                self.shared.telemetry.emit(Event::RcptFlood {
+                    qid: &qid,
+                    relay: &self.relay,
+                    shutting_down: flood == RcptFlood::ShuttingDown,
+                });
+                return;
+            }
             Note::DelayBudgetSpent { spent, command } => {
                 let qid = self.log_id(session);
                 self.shared.telemetry.emit(Event::DelayBudgetSpent {
@@ -519,7 +536,10 @@ impl Driver {
                 });
             }
             Note::TooManyBadCommands => t.emit(Event::TooManyBadCommands { relay }),
-            Note::Delaying { .. } | Note::DelayBudgetSpent { .. } => {} // Logged above.
+            Note::Delaying { .. }
+            | Note::DelayBudgetSpent { .. }
+            | Note::TooManyRecipients
+            | Note::RcptFlood(_) => {} // Logged above.
         }
     }
 }

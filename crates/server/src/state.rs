@@ -68,6 +68,10 @@ impl Runtime {
             },
             timeouts: config.timeouts,
             delay_budget: config.limits.session_delay_budget,
+            max_recipients_per_message: config.limits.max_recipients_per_message as usize,
+            bad_rcpt_throttle: config.limits.bad_rcpt_throttle,
+            bad_rcpt_throttle_delay: config.limits.bad_rcpt_throttle_delay,
+            bad_rcpt_shutdown: config.limits.bad_rcpt_shutdown,
             ..SessionConfig::new(config.server.hostname.clone())
         };
         let recipients = LocalRecipients::new(

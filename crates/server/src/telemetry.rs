@@ -220,6 +220,14 @@ pub enum Event<'a> {
         spent: std::time::Duration,
         budget: std::time::Duration,
     },
+    /// A RCPT got `452 4.5.3 Too many recipients` (Sendmail's MaxRecipientsPerMessage line).
+    TooManyRecipients { qid: &'a str, relay: &'a str },
+    /// Too many rejected RCPTs: throttling (once per transaction) or closing.
+    RcptFlood {
+        qid: &'a str,
+        relay: &'a str,
+        shutting_down: bool,
+    },
     /// A `queue_*` load threshold is reached: delivery waits (mail is still accepted).
     DeliveryHeld { reading: Reading },
     /// Below every `queue_*` threshold again: delivery goes on.
@@ -592,6 +600,27 @@ impl Event<'_> {
                     spent.as_secs(),
                     budget.as_secs()
                 ),
+            ),
+            Self::TooManyRecipients { qid, relay } => r(
+                "recipients_too_many",
+                Info,
+                Some(qid),
+                "Too many recipients".to_owned(),
+            )
+            .with("relay", relay),
+            Self::RcptFlood {
+                qid,
+                relay,
+                shutting_down,
+            } => r(
+                "recipients_flood",
+                Notice,
+                Some(qid),
+                if shutting_down {
+                    format!("{relay}: Possible SMTP RCPT flood, shutting down connection.")
+                } else {
+                    format!("{relay}: Possible SMTP RCPT flood, throttling.")
+                },
             ),
             Self::DeliveryHeld { reading } => r(
                 "load_delivery_held",

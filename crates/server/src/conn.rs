@@ -462,6 +462,16 @@ impl Driver {
                 });
                 return;
             }
+            Note::OpenProxy { command } => {
+                let qid = self.log_id(session);
+                self.shared.telemetry.emit(Event::OpenProxy {
+                    qid: &qid,
+                    relay: &self.relay,
+                    command: &command,
+                });
+                self.quiet_end = true;
+                return;
+            }
             Note::TooManyRecipients => {
                 let qid = self.log_id(session);
                 self.shared.telemetry.emit(Event::TooManyRecipients {
@@ -538,6 +548,7 @@ impl Driver {
             Note::TooManyBadCommands => t.emit(Event::TooManyBadCommands { relay }),
             Note::Delaying { .. }
             | Note::DelayBudgetSpent { .. }
+            | Note::OpenProxy { .. }
             | Note::TooManyRecipients
             | Note::RcptFlood(_) => {} // Logged above.
         }

@@ -220,6 +220,12 @@ pub enum Event<'a> {
         spent: std::time::Duration,
         budget: std::time::Duration,
     },
+    /// The first command was an HTTP or POP request: 421 and close (Sendmail's line).
+    OpenProxy {
+        qid: &'a str,
+        relay: &'a str,
+        command: &'a str,
+    },
     /// A RCPT got `452 4.5.3 Too many recipients` (Sendmail's MaxRecipientsPerMessage line).
     TooManyRecipients { qid: &'a str, relay: &'a str },
     /// Too many rejected RCPTs: throttling (once per transaction) or closing.
@@ -601,6 +607,17 @@ impl Event<'_> {
                     budget.as_secs()
                 ),
             ),
+            Self::OpenProxy {
+                qid,
+                relay,
+                command,
+            } => r(
+                "session_open_proxy",
+                Notice,
+                Some(qid),
+                format!("probable open proxy: command={command}"),
+            )
+            .with("relay", relay),
             Self::TooManyRecipients { qid, relay } => r(
                 "recipients_too_many",
                 Info,

@@ -121,6 +121,13 @@ pub fn refused_when_rejecting(line: &[u8]) -> bool {
     split_verb(line).is_some_and(|(verb, _)| REFUSED.contains(&verb.as_slice()))
 }
 
+/// True when `line` starts like an HTTP or POP request (GET, POST, CONNECT, USER): a
+/// first command like that is an open-proxy probe or a confused client (Sendmail).
+pub fn is_proxy_probe(line: &[u8]) -> bool {
+    const PROBES: [&[u8]; 4] = [b"GET", b"POST", b"CONNECT", b"USER"];
+    split_verb(line).is_some_and(|(verb, _)| PROBES.contains(&verb.as_slice()))
+}
+
 /// The verb of a command line as a log name (`EHLO`, `MAIL`, ...; `UNKNOWN` for anything
 /// else), without parsing the arguments: what Sendmail names in `delaying=<CMD>`.
 pub fn verb_name(line: &[u8]) -> &'static str {

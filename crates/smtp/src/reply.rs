@@ -343,6 +343,14 @@ pub fn too_many_bad_commands(hostname: &str) -> Reply {
     )
 }
 
+/// `421 4.7.0 <host> Rejecting open proxy <client>` (Sendmail).
+pub fn open_proxy(hostname: &str, client: &str) -> Reply {
+    Reply::new(
+        421,
+        format!("4.7.0 {hostname} Rejecting open proxy {client}"),
+    )
+}
+
 /// `421 4.7.0 <host> Too many bad recipients; closing connection` (Sendmail's
 /// BadRcptShutdown).
 pub fn too_many_bad_recipients(hostname: &str) -> Reply {

@@ -288,6 +288,12 @@ pub enum Note {
         /// Why, from [`CommandDelay::reason`].
         reason: String,
     },
+    /// The first command looked like HTTP or POP (`GET`, `POST`, `CONNECT`, `USER`):
+    /// `421 4.7.0 ... Rejecting open proxy` was sent and the session closed.
+    OpenProxy {
+        /// The command line, printable, at most 40 characters (Sendmail's `command=`).
+        command: String,
+    },
     /// A RCPT got `452 4.5.3 Too many recipients` (MaxRecipientsPerMessage).
     TooManyRecipients,
     /// Too many rejected RCPTs.
@@ -802,6 +808,16 @@ impl Session {
 
     fn handle_line(&mut self, line: &[u8], now: Instant) {
         self.stats.commands += 1;
+        if self.stats.commands == 1 && command::is_proxy_probe(line) {
+            let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
+            self.send(&r);
+            // Sendmail's `%.40s`: the first 40 characters, cut without a mark.
+            let text = command::strip_eol(line);
+            let command = reply::printable(&text[..text.len().min(40)], 40);
+            self.note(Note::OpenProxy { command });
+            self.close();
+            return;
+        }
         if self.rejecting.is_some() {
             self.handle_rejecting(line, now);
             return;

@@ -176,14 +176,15 @@ impl LoadMonitor {
                 threshold: pct,
             });
         }
-        let value = self.lag();
-        if !lag.is_zero() && value >= lag {
-            return Some(Reading::Lag {
-                value,
-                threshold: lag,
-            });
+        if lag.is_zero() {
+            return None;
         }
-        None
+        // Only read when a lag threshold is set: it reads the clock.
+        let value = self.lag();
+        (value >= lag).then_some(Reading::Lag {
+            value,
+            threshold: lag,
+        })
     }
 
     /// Reads the load average from `path` (first field, rounded as Sendmail does). A file

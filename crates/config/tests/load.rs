@@ -27,6 +27,22 @@ fn errors(diags: &[Diagnostic]) -> Vec<&Diagnostic> {
         .collect()
 }
 
+/// Each `(section, line, fragment)`: the section (with the quiet tail) fails with exactly
+/// one error, at `line`, whose message contains `fragment`.
+fn assert_one_error_each(table: &[(&str, usize, &str)]) {
+    for &(section, line, fragment) in table {
+        let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
+        let errs = errors(&diags);
+        assert_eq!(errs.len(), 1, "{section:?}: {diags:#?}");
+        assert_eq!(errs[0].line, line, "{section:?}: {}", errs[0]);
+        assert!(
+            errs[0].message.contains(fragment),
+            "{section:?}: {:?} !~ {fragment:?}",
+            errs[0].message
+        );
+    }
+}
+
 fn expect_err(src: &str) -> Vec<Diagnostic> {
     match load_str(src, "p.toml") {
         Ok(loaded) => panic!("expected errors for {src:?}, got {:?}", loaded.config),
@@ -620,17 +636,7 @@ fn admission_bad_values_at_their_lines() {
             "`limits.bad_rcpt_throttle_delay`: invalid type: integer",
         ),
     ];
-    for &(section, line, fragment) in table {
-        let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
-        let errs = errors(&diags);
-        assert_eq!(errs.len(), 1, "{section:?}: {diags:#?}");
-        assert_eq!(errs[0].line, line, "{section:?}: {}", errs[0]);
-        assert!(
-            errs[0].message.contains(fragment),
-            "{section:?}: {:?} !~ {fragment:?}",
-            errs[0].message
-        );
-    }
+    assert_one_error_each(table);
 }
 
 #[test]
@@ -916,17 +922,7 @@ fn load_bad_values_at_their_lines() {
             "`load.refuse_load`: unknown field `refuse_load`",
         ),
     ];
-    for &(section, line, fragment) in table {
-        let diags = expect_err(&format!("{section}{QUIET_TAIL}"));
-        let errs = errors(&diags);
-        assert_eq!(errs.len(), 1, "{section:?}: {diags:#?}");
-        assert_eq!(errs[0].line, line, "{section:?}: {}", errs[0]);
-        assert!(
-            errs[0].message.contains(fragment),
-            "{section:?}: {:?} !~ {fragment:?}",
-            errs[0].message
-        );
-    }
+    assert_one_error_each(table);
 }
 
 #[test]

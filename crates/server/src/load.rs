@@ -86,6 +86,20 @@ impl Reading {
         }
     }
 
+    /// What tells one reading from another for the log: the signal, its threshold and, for
+    /// the load average and sessions (which change at most once a second or so), the value.
+    /// The lag changes at every tick, so its value is left out.
+    pub fn trigger(&self) -> (&'static str, u64, u64) {
+        let (threshold, value) = match *self {
+            Self::LoadAverage { value, threshold } => (u64::from(threshold), u64::from(value)),
+            Self::Sessions { pct, threshold } => (u64::from(threshold), u64::from(pct)),
+            Self::Lag { threshold, .. } => {
+                (u64::try_from(threshold.as_micros()).unwrap_or(u64::MAX), 0)
+            }
+        };
+        (self.signal(), threshold, value)
+    }
+
     /// The signal's name, for structured fields.
     pub fn signal(&self) -> &'static str {
         match self {
@@ -157,11 +171,7 @@ impl LoadMonitor {
     /// The first signal at or over `action`'s threshold in `cfg`, if any (load average first,
     /// then sessions, then lag).
     pub fn over(&self, cfg: &LoadConfig, action: LoadAction) -> Option<Reading> {
-        let (la, pct, lag) = match action {
-            LoadAction::Refuse => (cfg.refuse_la, cfg.refuse_sessions_pct, cfg.refuse_lag),
-            LoadAction::Delay => (cfg.delay_la, cfg.delay_sessions_pct, cfg.delay_lag),
-            LoadAction::Queue => (cfg.queue_la, cfg.queue_sessions_pct, cfg.queue_lag),
-        };
+        let (la, pct, lag) = thresholds(cfg, action);
         let value = self.loadavg.load(Ordering::Relaxed);
         if la > 0 && value != UNKNOWN && value >= la {
             return Some(Reading::LoadAverage {
@@ -239,6 +249,21 @@ impl LoadMonitor {
     }
 }
 
+/// An action's thresholds: load average, sessions percentage, lag (0 = off).
+fn thresholds(cfg: &LoadConfig, action: LoadAction) -> (u32, u8, Duration) {
+    match action {
+        LoadAction::Refuse => (cfg.refuse_la, cfg.refuse_sessions_pct, cfg.refuse_lag),
+        LoadAction::Delay => (cfg.delay_la, cfg.delay_sessions_pct, cfg.delay_lag),
+        LoadAction::Queue => (cfg.queue_la, cfg.queue_sessions_pct, cfg.queue_lag),
+    }
+}
+
+/// True when `action` has any threshold set.
+pub fn any_threshold(cfg: &LoadConfig, action: LoadAction) -> bool {
+    let (la, pct, lag) = thresholds(cfg, action);
+    la > 0 || pct > 0 || !lag.is_zero()
+}
+
 /// The first field of a `/proc/loadavg`-style file, rounded: `(int)(x + 0.5)`. Reads at
 /// most [`LOADAVG_MAX_BYTES`], whatever the file is.
 fn read_loadavg(path: &Path) -> Result<u32, String> {
@@ -295,7 +320,10 @@ pub async fn sample(shared: Arc<Shared>, gate: Arc<Gate>, shutdown: Cancellation
 fn read_in_background(shared: &Arc<Shared>, stuck: u32) -> u32 {
     let rt = shared.runtime.load();
     let cfg = &rt.config.load;
-    if cfg.refuse_la == 0 && cfg.delay_la == 0 && cfg.queue_la == 0 {
+    if thresholds(cfg, LoadAction::Refuse).0 == 0
+        && thresholds(cfg, LoadAction::Delay).0 == 0
+        && thresholds(cfg, LoadAction::Queue).0 == 0
+    {
         shared.load.loadavg.store(UNKNOWN, Ordering::Relaxed);
         return 0;
     }

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::load::LoadAction;
+use crate::load::{self, LoadAction};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
 
@@ -179,7 +179,7 @@ pub async fn run(
         // With a `queue_*` threshold set, the load is looked at every second, so holding
         // and resuming (and their log lines) follow it even while nothing arrives.
         let mut wake = sched.next_wake(clock::unix_secs());
-        if held || has_queue_threshold(&shared.runtime.load().config.load) {
+        if held || load::any_threshold(&shared.runtime.load().config.load, LoadAction::Queue) {
             wake = wake.min(LOAD_RECHECK);
         }
         tokio::select! {
@@ -213,10 +213,6 @@ pub async fn run(
         }
     }
     while workers.join_next().await.is_some() {}
-}
-
-fn has_queue_threshold(load: &portcullis_config::LoadConfig) -> bool {
-    load.queue_la > 0 || load.queue_sessions_pct > 0 || !load.queue_lag.is_zero()
 }
 
 /// One worker's batch, on a blocking thread. Group commit on the delivery side: every

@@ -97,6 +97,7 @@ where
         relay,
         quiet_end: false,
         log_id: None,
+        delay_trigger: None,
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
@@ -105,7 +106,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut shutdown_seen = false;
     loop {
-        session.set_command_delay(driver.command_delay());
+        driver.update_delay(&mut session);
         driver.drain_events(&mut session);
         if session.has_output() {
             let out = session.take_output();
@@ -129,7 +130,7 @@ where
             n = rd.read(&mut buf), if session.wants_input() => match n {
                 Ok(0) | Err(_) => session.handle_eof(clock::now()),
                 Ok(n) => {
-                    session.set_command_delay(driver.command_delay());
+                    driver.update_delay(&mut session);
                     session.handle_input(&buf[..n], clock::now());
                     resize_read_buffer(&mut buf, n);
                 }
@@ -202,6 +203,8 @@ struct Driver {
     quiet_end: bool,
     /// The id of log lines about this session before it has a queue id (made on first use).
     log_id: Option<String>,
+    /// The `delay_*` threshold the session's command delay was made for (None: no delay).
+    delay_trigger: Option<(&'static str, u64, u64)>,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -221,8 +224,8 @@ impl Driver {
         // A talker's early lines are commands like any other: DelayLA applies to them too.
         let delay = self.command_delay();
         let feed = |session: &mut Session| {
+            session.set_command_delay(delay.clone());
             if !input.is_empty() {
-                session.set_command_delay(delay.clone());
                 session.handle_input(input, now);
             }
         };
@@ -288,15 +291,29 @@ impl Driver {
     }
 
     /// DelayLA: 1 s before each command while a `delay_*` threshold of `[load]` is reached.
-    fn command_delay(&self) -> Option<CommandDelay> {
+    /// Remembers which threshold it was, for [`Driver::update_delay`].
+    fn command_delay(&mut self) -> Option<CommandDelay> {
         let reading = self
             .shared
             .load
-            .over(&self.rt.config.load, LoadAction::Delay)?;
-        Some(CommandDelay {
+            .over(&self.rt.config.load, LoadAction::Delay);
+        self.delay_trigger = reading.map(|r| r.trigger());
+        reading.map(|r| CommandDelay {
             each: DELAY_EACH,
-            reason: reading.to_string(),
+            reason: r.to_string(),
         })
+    }
+
+    /// Hands the session a new command delay only when the threshold reached changes: the
+    /// driver asks before every command, and building the delay's text allocates.
+    fn update_delay(&mut self, session: &mut Session) {
+        let reading = self
+            .shared
+            .load
+            .over(&self.rt.config.load, LoadAction::Delay);
+        if reading.map(|r| r.trigger()) != self.delay_trigger {
+            session.set_command_delay(self.command_delay());
+        }
     }
 
     /// The session's queue id, or else an id made once for its log lines.

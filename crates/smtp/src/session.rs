@@ -551,9 +551,7 @@ impl Session {
     /// Starts (Some) or stops (None) waiting before each command; the driver calls this as
     /// its load signal changes. A command already being delayed finishes its wait.
     pub fn set_command_delay(&mut self, delay: Option<CommandDelay>) {
-        if self.command_delay != delay {
-            self.command_delay = delay;
-        }
+        self.command_delay = delay;
     }
 
     // ----- driver interface -------------------------------------------------------------------

@@ -910,6 +910,8 @@ impl Session {
             return Some(line);
         }
         self.stats.delayed += each;
+        // The phase is not read for a delay (handle_timeout goes by Phase::Delaying); the
+        // armed one is kept only because a deadline carries one.
         let phase = self.deadline.map_or(WaitPhase::Misc, |(_, p)| p);
         self.deadline = Some((now + each, phase));
         self.phase = Phase::Delaying(line);

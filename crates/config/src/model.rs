@@ -40,29 +40,8 @@ pub struct Config {
     pub load: LoadConfig,
 }
 
-/// What a defence does with a finding (design.md principle 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Action {
-    /// Sendmail's behaviour.
-    #[default]
-    Enforce,
-    /// Close the connection. What the client hears first is the defence's to say:
-    /// `greet_pause` sends its 554; `rate_control` and `conn_control` send nothing.
-    Drop,
-    /// Log only; the session goes on as if nothing happened.
-    Ignore,
-}
-
-impl Action {
-    /// The name in the configuration and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::Drop => "drop",
-            Self::Ignore => "ignore",
-        }
-    }
-}
+/// What a defence does with a finding (defined beside the session, which applies it).
+pub use portcullis_smtp::Action;
 
 /// `[greet_pause]`: Sendmail's `FEATURE(greet_pause)` plus a pass cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

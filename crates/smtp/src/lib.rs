@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod action;
 pub mod address;
 pub mod command;
 pub mod data;
@@ -24,6 +25,7 @@ pub mod pregreet;
 pub mod reply;
 mod session;
 
+pub use action::Action;
 pub use address::{AddressError, Mailbox, ReversePath};
 pub use command::{Command, MailParams};
 pub use data::{BareLineEndings, DataReceiver};

@@ -4,7 +4,8 @@
 //! `FEATURE(ratecontrol)`) and concurrency (`FEATURE(conncontrol)`), for how clients are
 //! grouped into counters (address prefixes), and for the server-wide limits
 //! (`ConnectionRateThrottle`, `MaxDaemonChildren`), the per-session delay budget and the
-//! recipient defences (`MaxRecipientsPerMessage`, `BadRcptThrottle`, `BadRcptShutdown`).
+//! recipient defences (`MaxRecipientsPerMessage`, `BadRcptThrottle`, `BadRcptShutdown`),
+//! the command-abuse limit `MaxNOOPCommands` and the actions of these defences.
 //! Must not: read the per-client limits: they are `ClientRate:` and `ClientConn:` entries
 //! of the access map, which the server loads; nor count or decide anything (that is
 //! portcullis-policy).
@@ -12,8 +13,9 @@
 //! 10 min; `client_ipv4_prefix` ≤ 32 and `client_ipv6_prefix` ≤ 128; `max_tracked_clients`
 //! is 1 to 10,000,000; `session_delay_budget` is 0 s to 1 h; `max_recipients_per_message`
 //! is 0 to 1000 (the server's hard cap); `bad_rcpt_throttle` and `bad_rcpt_shutdown` are 0
-//! to 1,000,000; `bad_rcpt_throttle_delay` is 0 s to 60 s. A prefix of 0, a budget of 0 s
-//! and a throttle delay of 0 s with the throttle on are allowed with a warning.
+//! to 1,000,000; `bad_rcpt_throttle_delay` is 0 s to 60 s; `max_noop_commands` is 0 to
+//! 10,000. A prefix of 0, a budget of 0 s and a throttle delay of 0 s with the throttle on
+//! are allowed with a warning.
 
 use std::time::Duration;
 
@@ -51,6 +53,9 @@ const MAX_BAD_RCPTS: u64 = 1_000_000;
 /// Longest `bad_rcpt_throttle_delay`: Sendmail's is a fixed 1 s; past a minute, a single
 /// delay nears the client's RCPT timeout (5 min, RFC 5321 §4.5.3.2).
 const MAX_BAD_RCPT_DELAY: Duration = Duration::from_secs(60);
+
+/// Bound of `max_noop_commands`: past it, the limit is as good as none (write 0 for that).
+const MAX_NOOP_COMMANDS: u64 = 10_000;
 
 /// Below this, `max_sessions` is more likely a typo than a plan.
 const FEW_SESSIONS: u64 = 10;
@@ -170,6 +175,16 @@ pub(crate) fn limits(raw: &RawLimits, report: &mut Report<'_>) -> LimitsConfig {
             "limits.bad_rcpt_shutdown",
             0..=MAX_BAD_RCPTS,
             d.bad_rcpt_shutdown,
+            report,
+        ),
+        max_recipients_action: action(raw.max_recipients_action.as_ref()),
+        bad_rcpt_action: action(raw.bad_rcpt_action.as_ref()),
+        command_abuse_action: action(raw.command_abuse_action.as_ref()),
+        max_noop_commands: bounded(
+            &raw.max_noop_commands,
+            "limits.max_noop_commands",
+            0..=MAX_NOOP_COMMANDS,
+            d.max_noop_commands,
             report,
         ),
     };

@@ -1,7 +1,8 @@
 //! `[greet_pause]`, `[access]` and `[dns]`: the sections of the front-line defences.
 //!
 //! Role: defaults, bounds and warnings for the greeting pause (Sendmail's
-//! `FEATURE(greet_pause, ms)`), the access map's location and the client name lookup.
+//! `FEATURE(greet_pause, ms)`), the access map's location and action, and the client name
+//! lookup; and `action`, the reading of every defence's `enforce | drop | ignore`.
 //! Must not: read the access file: the server loads it (it must also re-load it on change),
 //! and `portcullis check-config` reports its problems at file:line next to these.
 //! Invariants: `greet_pause.default` is at most 300 s (Sendmail's clamp, RFC 5321
@@ -93,6 +94,7 @@ pub(crate) fn access(raw: &RawAccess, report: &mut Report<'_>) -> AccessConfig {
             d.watch_interval,
             report,
         ),
+        action: action(raw.action.as_ref()),
     }
 }
 

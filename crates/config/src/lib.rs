@@ -28,9 +28,10 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use model::{
-    AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DnsConfig,
-    GreetPauseConfig, LimitsConfig, LoadConfig, LocalConfig, LogConfig, LogDestination, LogFormat,
-    MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig, Timeouts,
+    AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DelayChecks,
+    DnsConfig, GreetPauseConfig, LimitsConfig, LoadConfig, LocalConfig, LogConfig, LogDestination,
+    LogFormat, MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig,
+    Timeouts,
 };
 
 use diagnostic::Report;
@@ -393,6 +394,7 @@ users = [\"a\"]
         assert_eq!(loaded.config.timeouts, Timeouts::default());
         assert_eq!(loaded.config.queue, QueueConfig::default());
         assert_eq!(loaded.config.greet_pause, GreetPauseConfig::default());
+        assert_eq!(loaded.config.smtp, SmtpConfig::default());
         assert_eq!(loaded.config.access, AccessConfig::default());
         assert_eq!(loaded.config.dns, DnsConfig::default());
         assert_eq!(loaded.config.rate_control, RateControlConfig::default());

@@ -9,7 +9,7 @@
 //! entries are lowercase local parts; `max_message_bytes > 0`; every timeout, `retry_min`,
 //! `retry_max` and `lifetime` is non-zero; `rate_control.window` is 6 s to 1 h; the client
 //! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000;
-//! `session_delay_budget` is at most 1 h; the `load` load-average thresholds are at most
+//! `session_delay_budget` is at most 1 h; `max_noop_commands` is at most 10,000; the `load` load-average thresholds are at most
 //! 10,000 when written as numbers (`"auto"` is 12 or 8 × CPUs, unbounded), the session percentages at most 100 (and 0 unless `max_sessions` is set), the
 //! lags at most 60 s; `loadavg_file` is non-empty.
 //! Default values live here, once, as constants; `default.toml` repeats them for operators
@@ -73,6 +73,10 @@ pub struct AccessConfig {
     pub file: Option<PathBuf>,
     /// How often the file is checked for changes; zero = only on SIGHUP.
     pub watch_interval: Duration,
+    /// What the `Connect:`, `From:` and `To:` checks of the map do with a refusing entry:
+    /// `Enforce` answers as Sendmail does; `Drop` closes the connection without a reply;
+    /// `Ignore` logs the finding and goes on as if there were no entry.
+    pub action: Action,
 }
 
 impl Default for AccessConfig {
@@ -80,6 +84,7 @@ impl Default for AccessConfig {
         Self {
             file: None,
             watch_interval: Duration::from_secs(2),
+            action: Action::Enforce,
         }
     }
 }
@@ -191,6 +196,23 @@ pub struct LimitsConfig {
     /// RCPT gets `421 4.7.0 <hostname> Too many bad recipients; closing connection` and the
     /// connection is closed. 0 to 1,000,000; 0 = off.
     pub bad_rcpt_shutdown: u32,
+    /// What `max_recipients_per_message` does with the RCPTs over it: `Enforce` answers
+    /// `452 4.5.3 Too many recipients`; `Drop` closes the connection without a reply;
+    /// `Ignore` logs and accepts them (the hard cap of 1000 still applies).
+    pub max_recipients_action: Action,
+    /// What `bad_rcpt_throttle` and `bad_rcpt_shutdown` do once reached: `Enforce` delays,
+    /// or answers 421 and closes, as above; `Drop` closes the connection without a reply;
+    /// `Ignore` only logs.
+    pub bad_rcpt_action: Action,
+    /// What the command-abuse checks do: the delays of NOOPs past `max_noop_commands` and of
+    /// too many HELO/EHLO, VRFY/EXPN and ETRN commands, and the `421` after 25 bad commands
+    /// (Sendmail's `MAXBADCOMMANDS`). `Enforce` is Sendmail's behaviour; `Drop` closes the
+    /// connection without a reply; `Ignore` only logs.
+    pub command_abuse_action: Action,
+    /// Sendmail's `MaxNOOPCommands`: past this many NOOPs in a session, each NOOP's reply is
+    /// delayed, by 1 s and then doubling, counted against `session_delay_budget`. 0 to
+    /// 10,000; 0 = no limit.
+    pub max_noop_commands: u32,
 }
 
 impl Default for LimitsConfig {
@@ -207,6 +229,10 @@ impl Default for LimitsConfig {
             bad_rcpt_throttle: 0,
             bad_rcpt_throttle_delay: Duration::from_secs(1),
             bad_rcpt_shutdown: 0,
+            max_recipients_action: Action::Enforce,
+            bad_rcpt_action: Action::Enforce,
+            command_abuse_action: Action::Enforce,
+            max_noop_commands: 20,
         }
     }
 }
@@ -314,9 +340,71 @@ pub struct ServerConfig {
 }
 
 /// `[smtp]`: dialogue options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SmtpConfig {
     pub bare_lf: BareLf,
+    /// Advertise PIPELINING in the EHLO reply. False: it is not advertised, and a client
+    /// that sends a command before the reply to the previous one is a synchronization error
+    /// (`554 5.5.0 SMTP protocol synchronization error`, then close; Exim's
+    /// `smtp_enforce_sync`, Postfix's `smtpd_forbid_unauth_pipelining`). The same applies to
+    /// one client with `Srv_Features:<addr> P` in the access map.
+    pub pipelining: bool,
+    /// What the synchronization check does: `Enforce` answers the 554 and closes; `Drop`
+    /// closes without a reply; `Ignore` only logs.
+    pub pipelining_action: Action,
+    /// Sendmail 8.18's CVE-2023-51765 fix: input after HELO/EHLO before its reply gets
+    /// `554 5.5.0 SMTP protocol error` and the session rejects every later command; input
+    /// after DATA before the 354 gets the same 554 and the connection is closed.
+    /// `Srv_Features:<addr> F` in the access map exempts a client. `Drop` closes without a
+    /// reply; `Ignore` only logs.
+    pub stuffing_action: Action,
+    /// A first command of `GET`, `POST`, `CONNECT` or `USER` (an HTTP or POP proxy probe)
+    /// gets `421 4.7.0 <hostname> Rejecting open proxy <client>` and the connection is
+    /// closed. `Drop` closes without a reply; `Ignore` only logs.
+    pub open_proxy_action: Action,
+    /// Sendmail's `FEATURE(delay_checks)`: where `Connect:` and `From:` refusals are applied.
+    pub delay_checks: DelayChecks,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            bare_lf: BareLf::default(),
+            pipelining: true,
+            pipelining_action: Action::Enforce,
+            stuffing_action: Action::Enforce,
+            open_proxy_action: Action::Enforce,
+            delay_checks: DelayChecks::default(),
+        }
+    }
+}
+
+/// `smtp.delay_checks`: Sendmail's `FEATURE(delay_checks)`. With it, the refusals of the
+/// `Connect:` and `From:` checks of the access map are not given at connection or MAIL
+/// time but at RCPT time, so the recipient's `Spam:` entry can decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DelayChecks {
+    /// Refusals are given when found (no `FEATURE(delay_checks)`).
+    #[default]
+    Off,
+    /// `FEATURE(delay_checks, friend)`: refusals are applied at RCPT time, except to
+    /// recipients with `Spam:<rcpt> FRIEND` (without such entries, plain
+    /// `FEATURE(delay_checks)`).
+    Friend,
+    /// `FEATURE(delay_checks, hater)`: refusals are applied at RCPT time, and only to
+    /// recipients with `Spam:<rcpt> HATER`.
+    Hater,
+}
+
+impl DelayChecks {
+    /// The name in the configuration and in logs (`false` for `Off`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "false",
+            Self::Friend => "friend",
+            Self::Hater => "hater",
+        }
+    }
 }
 
 /// What to do with a bare LF or bare CR inside DATA. Ambiguous line endings are what SMTP

@@ -78,6 +78,7 @@ pub(crate) enum RawAction {
 pub(crate) struct RawAccess {
     pub(crate) file: Text,
     pub(crate) watch_interval: Text,
+    pub(crate) action: Option<Spanned<RawAction>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +120,10 @@ pub(crate) struct RawLimits {
     pub(crate) bad_rcpt_throttle: Option<Spanned<u64>>,
     pub(crate) bad_rcpt_throttle_delay: Text,
     pub(crate) bad_rcpt_shutdown: Option<Spanned<u64>>,
+    pub(crate) max_recipients_action: Option<Spanned<RawAction>>,
+    pub(crate) bad_rcpt_action: Option<Spanned<RawAction>>,
+    pub(crate) command_abuse_action: Option<Spanned<RawAction>>,
+    pub(crate) max_noop_commands: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -200,6 +205,44 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields, expecting = "the [smtp] table")]
 pub(crate) struct RawSmtp {
     pub(crate) bare_lf: Option<Spanned<RawBareLf>>,
+    pub(crate) pipelining: Option<Spanned<bool>>,
+    pub(crate) pipelining_action: Option<Spanned<RawAction>>,
+    pub(crate) stuffing_action: Option<Spanned<RawAction>>,
+    pub(crate) open_proxy_action: Option<Spanned<RawAction>>,
+    pub(crate) delay_checks: Option<Spanned<RawDelayChecks>>,
+}
+
+/// `smtp.delay_checks`: a boolean, or a string (`"friend"`, `"hater"`); which strings mean
+/// something is `validate`'s business. Deserialized by hand, as `RawLa` is, so a wrong type
+/// keeps serde's own "invalid type: integer `1`" message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RawDelayChecks {
+    Flag(bool),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawDelayChecks {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawDelayChecksVisitor)
+    }
+}
+
+struct RawDelayChecksVisitor;
+
+impl serde::de::Visitor<'_> for RawDelayChecksVisitor {
+    type Value = RawDelayChecks;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("true, false, \"friend\" or \"hater\"")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawDelayChecks, E> {
+        Ok(RawDelayChecks::Flag(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDelayChecks, E> {
+        Ok(RawDelayChecks::Word(v.to_owned()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -515,6 +558,29 @@ mod tests {
             (
                 "load = 1\n",
                 &[(1, "`load` must be a table ([load]), not an integer")],
+            ),
+            (
+                // A string passes the shape check: `validate` judges the word.
+                "[smtp]\ndelay_checks = 1.5\npipelining = \"no\"\ndelay_checks_x = 1\n\
+                 stuffing_action = \"strict\"\n[access]\naction = 0\n",
+                &[
+                    (
+                        2,
+                        "`smtp.delay_checks`: invalid type: floating point `1.5`, \
+                         expected true, false, \"friend\" or \"hater\"",
+                    ),
+                    (3, "`smtp.pipelining`: invalid type: string"),
+                    (4, "`smtp.delay_checks_x`: unknown field `delay_checks_x`"),
+                    (5, "`smtp.stuffing_action`: unknown variant `strict`"),
+                    (7, "`access.action`: wanted string or table"),
+                ],
+            ),
+            (
+                "[smtp]\ndelay_checks = \"bogus\"\n[limits]\nmax_noop_commands = 1.0\n",
+                &[(
+                    4,
+                    "`limits.max_noop_commands`: invalid type: floating point",
+                )],
             ),
         ];
         for &(src, expected) in table {

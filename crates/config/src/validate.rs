@@ -16,15 +16,17 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::defences::action;
 use crate::diagnostic::Report;
 use crate::model::{
     BareLf, Config, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_SPOOL_DIR, LogConfig, LogDestination, LogFormat, QueueConfig, ServerConfig, SmtpConfig,
+    DEFAULT_SPOOL_DIR, DelayChecks, LogConfig, LogDestination, LogFormat, QueueConfig,
+    ServerConfig, SmtpConfig,
 };
 use crate::names::check_hostname;
 use crate::raw::{
-    RawBareLf, RawConfig, RawLog, RawLogDestination, RawLogFormat, RawQueue, RawServer, RawSmtp,
-    Text, TextList,
+    RawBareLf, RawConfig, RawDelayChecks, RawLog, RawLogDestination, RawLogFormat, RawQueue,
+    RawServer, RawSmtp, Text, TextList,
 };
 use crate::{admission, defences, load, local, timeouts};
 
@@ -48,7 +50,7 @@ pub(crate) fn config(
     Config {
         origin: report.file().to_owned(),
         server: server(&raw.server, report, system_hostname),
-        smtp: smtp(&raw.smtp),
+        smtp: smtp(&raw.smtp, report),
         local: local::local(&raw.local, report),
         timeouts: timeouts::timeouts(&raw.timeouts, report),
         queue: queue(&raw.queue, report),
@@ -189,13 +191,52 @@ fn max_message_bytes(raw: &Option<Spanned<u64>>, report: &mut Report<'_>) -> u64
     bytes
 }
 
-fn smtp(raw: &RawSmtp) -> SmtpConfig {
+fn smtp(raw: &RawSmtp, report: &mut Report<'_>) -> SmtpConfig {
+    let d = SmtpConfig::default();
     let bare_lf = match raw.bare_lf.as_ref().map(|v| *v.get_ref()) {
-        None => BareLf::default(),
+        None => d.bare_lf,
         Some(RawBareLf::Reject) => BareLf::Reject,
         Some(RawBareLf::Normalize) => BareLf::Normalize,
     };
-    SmtpConfig { bare_lf }
+    SmtpConfig {
+        bare_lf,
+        pipelining: raw
+            .pipelining
+            .as_ref()
+            .map_or(d.pipelining, |v| *v.get_ref()),
+        pipelining_action: action(raw.pipelining_action.as_ref()),
+        stuffing_action: action(raw.stuffing_action.as_ref()),
+        open_proxy_action: action(raw.open_proxy_action.as_ref()),
+        delay_checks: delay_checks(raw.delay_checks.as_ref(), d.delay_checks, report),
+    }
+}
+
+/// `smtp.delay_checks`: false, or true / `"friend"` / `"hater"` as Sendmail's
+/// `FEATURE(delay_checks)` and its argument. Any other word is an error at the value.
+fn delay_checks(
+    raw: Option<&Spanned<RawDelayChecks>>,
+    default: DelayChecks,
+    report: &mut Report<'_>,
+) -> DelayChecks {
+    let Some(v) = raw else {
+        return default;
+    };
+    match v.get_ref() {
+        RawDelayChecks::Flag(false) => DelayChecks::Off,
+        RawDelayChecks::Flag(true) => DelayChecks::Friend,
+        RawDelayChecks::Word(w) if w == "friend" => DelayChecks::Friend,
+        RawDelayChecks::Word(w) if w == "hater" => DelayChecks::Hater,
+        RawDelayChecks::Word(w) => {
+            report.error(
+                Some(v.span()),
+                format!(
+                    "`smtp.delay_checks` must be true, false, \"friend\" or \"hater\", \
+                     not {w:?}"
+                ),
+            );
+            default
+        }
+    }
 }
 
 fn queue(raw: &RawQueue, report: &mut Report<'_>) -> QueueConfig {

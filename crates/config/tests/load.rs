@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_config::{
-    Action, BareLf, ConnControlConfig, Diagnostic, LimitsConfig, LoadConfig, LogDestination,
-    LogFormat, MaxSessionsAction, RateControlConfig, Severity, embedded_default, load_file,
-    load_str,
+    AccessConfig, Action, BareLf, ConnControlConfig, DelayChecks, Diagnostic, LimitsConfig,
+    LoadConfig, LogDestination, LogFormat, MaxSessionsAction, RateControlConfig, Severity,
+    SmtpConfig, embedded_default, load_file, load_str,
 };
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -384,6 +384,10 @@ fn admission_sections_default_when_absent() {
             bad_rcpt_throttle: 0,
             bad_rcpt_throttle_delay: Duration::from_secs(1),
             bad_rcpt_shutdown: 0,
+            max_recipients_action: Action::Enforce,
+            bad_rcpt_action: Action::Enforce,
+            command_abuse_action: Action::Enforce,
+            max_noop_commands: 20,
         }
     );
     assert_eq!(c.rate_control, RateControlConfig::default());
@@ -407,7 +411,9 @@ fn admission_sections_round_trip() {
          max_tracked_clients = 5000\nconnection_rate_throttle = 2\nmax_sessions = 200\n\
          max_sessions_action = \"refuse\"\nsession_delay_budget = \"90s\"\n\
          max_recipients_per_message = 100\nbad_rcpt_throttle = 2\n\
-         bad_rcpt_throttle_delay = \"1500ms\"\nbad_rcpt_shutdown = 10\n{QUIET_TAIL}"
+         bad_rcpt_throttle_delay = \"1500ms\"\nbad_rcpt_shutdown = 10\n\
+         max_recipients_action = \"drop\"\nbad_rcpt_action = \"ignore\"\n\
+         command_abuse_action = \"drop\"\nmax_noop_commands = 0\n{QUIET_TAIL}"
     );
     let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
     assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
@@ -441,6 +447,10 @@ fn admission_sections_round_trip() {
             bad_rcpt_throttle: 2,
             bad_rcpt_throttle_delay: Duration::from_millis(1500),
             bad_rcpt_shutdown: 10,
+            max_recipients_action: Action::Drop,
+            bad_rcpt_action: Action::Ignore,
+            command_abuse_action: Action::Drop,
+            max_noop_commands: 0,
         }
     );
 }
@@ -499,6 +509,12 @@ fn admission_bounds_are_inclusive() {
         // 0s is silent while the throttle is off.
         ("[limits]\nbad_rcpt_throttle_delay = \"0s\"\n", |c| {
             c.limits.bad_rcpt_throttle_delay.is_zero()
+        }),
+        ("[limits]\nmax_noop_commands = 0\n", |c| {
+            c.limits.max_noop_commands == 0
+        }),
+        ("[limits]\nmax_noop_commands = 10000\n", |c| {
+            c.limits.max_noop_commands == 10_000
         }),
     ];
     for &(section, check) in table {
@@ -634,6 +650,36 @@ fn admission_bad_values_at_their_lines() {
             "[limits]\nbad_rcpt_throttle_delay = 1\n",
             2,
             "`limits.bad_rcpt_throttle_delay`: invalid type: integer",
+        ),
+        (
+            "[limits]\n\nmax_noop_commands = 10001\n",
+            3,
+            "`limits.max_noop_commands` must be between 0 and 10000, not 10001",
+        ),
+        (
+            "[limits]\nmax_noop_commands = -1\n",
+            2,
+            "`limits.max_noop_commands`: invalid value",
+        ),
+        (
+            "[limits]\nmax_noop_commands = \"20\"\n",
+            2,
+            "`limits.max_noop_commands`: invalid type: string",
+        ),
+        (
+            "[limits]\nbad_rcpt_action = \"tarpit\"\n",
+            2,
+            "`limits.bad_rcpt_action`: unknown variant `tarpit`",
+        ),
+        (
+            "[limits]\nmax_recipients_action = \"refuse\"\n",
+            2,
+            "`limits.max_recipients_action`: unknown variant `refuse`",
+        ),
+        (
+            "[limits]\ncommand_abuse_action = true\n",
+            2,
+            "`limits.command_abuse_action`: wanted string or table",
         ),
     ];
     assert_one_error_each(table);
@@ -974,6 +1020,186 @@ fn load_warnings_at_their_lines() {
             );
         }
     }
+}
+
+#[test]
+fn session_defence_keys_default_when_absent() {
+    let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        c.smtp,
+        SmtpConfig {
+            bare_lf: BareLf::Reject,
+            pipelining: true,
+            pipelining_action: Action::Enforce,
+            stuffing_action: Action::Enforce,
+            open_proxy_action: Action::Enforce,
+            delay_checks: DelayChecks::Off,
+        }
+    );
+    assert_eq!(c.smtp, SmtpConfig::default());
+    assert_eq!(c.access.action, Action::Enforce);
+    assert_eq!(c.access, AccessConfig::default());
+    let l = &c.limits;
+    assert_eq!(
+        (
+            l.max_recipients_action,
+            l.bad_rcpt_action,
+            l.command_abuse_action,
+            l.max_noop_commands
+        ),
+        (Action::Enforce, Action::Enforce, Action::Enforce, 20)
+    );
+    // The embedded default.toml writes the same values out.
+    let embedded = embedded_default().unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(embedded.config.smtp, c.smtp);
+    assert_eq!(embedded.config.access, c.access);
+    assert_eq!(embedded.config.limits, c.limits);
+    assert_eq!(DelayChecks::Off.name(), "false");
+    assert_eq!(DelayChecks::Friend.name(), "friend");
+    assert_eq!(DelayChecks::Hater.name(), "hater");
+}
+
+#[test]
+fn session_defence_keys_round_trip() {
+    let src = format!(
+        "[smtp]\nbare_lf = \"normalize\"\npipelining = false\npipelining_action = \"drop\"\n\
+         stuffing_action = \"ignore\"\nopen_proxy_action = \"drop\"\ndelay_checks = \"hater\"\n\
+         [access]\naction = \"ignore\"\n{QUIET_TAIL}"
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        c.smtp,
+        SmtpConfig {
+            bare_lf: BareLf::Normalize,
+            pipelining: false,
+            pipelining_action: Action::Drop,
+            stuffing_action: Action::Ignore,
+            open_proxy_action: Action::Drop,
+            delay_checks: DelayChecks::Hater,
+        }
+    );
+    assert_eq!(c.access.action, Action::Ignore);
+    // Each action key on its own, so no key is read from another's value.
+    type Get = fn(&portcullis_config::Config) -> Action;
+    let table: &[(&str, Get)] = &[
+        ("[smtp]\npipelining_action", |c| c.smtp.pipelining_action),
+        ("[smtp]\nstuffing_action", |c| c.smtp.stuffing_action),
+        ("[smtp]\nopen_proxy_action", |c| c.smtp.open_proxy_action),
+        ("[access]\naction", |c| c.access.action),
+        ("[limits]\nmax_recipients_action", |c| {
+            c.limits.max_recipients_action
+        }),
+        ("[limits]\nbad_rcpt_action", |c| c.limits.bad_rcpt_action),
+        ("[limits]\ncommand_abuse_action", |c| {
+            c.limits.command_abuse_action
+        }),
+    ];
+    for &(key, get) in table {
+        for action in [Action::Enforce, Action::Drop, Action::Ignore] {
+            let src = format!("{key} = \"{}\"\n{QUIET_TAIL}", action.name());
+            let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{src:?}: {d:#?}"));
+            assert_eq!(get(&loaded.config), action, "{src:?}");
+        }
+    }
+}
+
+#[test]
+fn delay_checks_takes_a_bool_or_friend_or_hater() {
+    let table: &[(&str, DelayChecks)] = &[
+        ("false", DelayChecks::Off),
+        ("true", DelayChecks::Friend),
+        ("\"friend\"", DelayChecks::Friend),
+        ("\"hater\"", DelayChecks::Hater),
+    ];
+    for &(value, expected) in table {
+        let src = format!("[smtp]\ndelay_checks = {value}\n{QUIET_TAIL}");
+        let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{value}: {d:#?}"));
+        assert!(
+            loaded.warnings.is_empty(),
+            "{value}: {:#?}",
+            loaded.warnings
+        );
+        assert_eq!(loaded.config.smtp.delay_checks, expected, "{value}");
+    }
+    let diags = expect_err(&format!(
+        "[smtp]\npipelining = true\n\ndelay_checks = \"bogus\"\n{QUIET_TAIL}"
+    ));
+    let errs = errors(&diags);
+    assert_eq!(errs.len(), 1, "{diags:#?}");
+    assert_eq!(
+        errs[0].to_string(),
+        "p.toml:4:16: error: `smtp.delay_checks` must be true, false, \"friend\" or \"hater\", \
+         not \"bogus\""
+    );
+}
+
+#[test]
+fn session_defence_bad_values_at_their_lines() {
+    // (section text, line, message fragment): exactly one error each.
+    let table: &[(&str, usize, &str)] = &[
+        (
+            "[smtp]\ndelay_checks = \"bogus\"\n",
+            2,
+            "`smtp.delay_checks` must be true, false, \"friend\" or \"hater\", not \"bogus\"",
+        ),
+        (
+            // Sendmail's arguments are lowercase; so are ours.
+            "[smtp]\n\ndelay_checks = \"FRIEND\"\n",
+            3,
+            "`smtp.delay_checks` must be true, false, \"friend\" or \"hater\", not \"FRIEND\"",
+        ),
+        (
+            "[smtp]\ndelay_checks = 1\n",
+            2,
+            "`smtp.delay_checks`: invalid type: integer `1`, expected true, false, \"friend\" \
+             or \"hater\"",
+        ),
+        (
+            "[smtp]\npipelining = \"yes\"\n",
+            2,
+            "`smtp.pipelining`: invalid type: string",
+        ),
+        (
+            "[smtp]\npipelining_action = \"reject\"\n",
+            2,
+            "`smtp.pipelining_action`: unknown variant `reject`",
+        ),
+        (
+            "[smtp]\nstuffing_action = \"tarpit\"\n",
+            2,
+            "`smtp.stuffing_action`: unknown variant `tarpit`",
+        ),
+        (
+            "[smtp]\nopen_proxy_action = false\n",
+            2,
+            "`smtp.open_proxy_action`: wanted string or table",
+        ),
+        (
+            "[smtp]\nopen_proxy = \"enforce\"\n",
+            2,
+            "`smtp.open_proxy`: unknown field `open_proxy`",
+        ),
+        (
+            "[access]\naction = \"reject\"\n",
+            2,
+            "`access.action`: unknown variant `reject`",
+        ),
+    ];
+    assert_one_error_each(table);
+}
+
+#[test]
+fn session_defence_errors_all_reported_in_one_pass() {
+    let diags = expect_err(
+        "[smtp]\npipelining = 1\nstuffing_action = \"no\"\ndelay_checks = \"maybe\"\n\
+         [access]\naction = \"x\"\n[limits]\nmax_noop_commands = 20000\n",
+    );
+    let lines: Vec<usize> = errors(&diags).iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 3, 4, 6, 8], "{diags:#?}");
 }
 
 /// docs/config.md shows default.toml under "The built-in default"; the values must agree

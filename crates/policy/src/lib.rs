@@ -3,7 +3,9 @@
 //! Role: answer the session's questions ([`portcullis_smtp::Ask`]) with a
 //! [`portcullis_smtp::Verdict`]. Every defence will live here as one module with the same
 //! shape (design.md §3: detection apart from action, time as an argument); today the crate
-//! holds the one decision every MX needs, which recipients are ours ([`recipients`]).
+//! holds the one decision every MX needs, which recipients are ours ([`recipients`]), and
+//! the access-map checks of the dialogue (`Connect:`, `From:`, `To:`, `delay_checks`;
+//! [`checks`]).
 //!
 //! Must not: perform I/O, read the clock, or depend on tokio. Everything it needs (users,
 //! domains, counters) is passed in, so each decision is a plain function testable with tables
@@ -14,6 +16,7 @@
 pub mod access;
 pub mod admission;
 pub mod anvil;
+pub mod checks;
 pub mod greet_pause;
 pub mod recipients;
 

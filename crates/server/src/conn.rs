@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_config::Action;
+use portcullis_policy::Tag;
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
-    Ask, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Message, Note, RcptFlood,
-    Session, Verdict, received_header, reply,
+    Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Finding,
+    Message, Note, Session, Verdict, received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -223,7 +224,13 @@ impl Driver {
         let now = clock::now();
         // A talker's early lines are commands like any other: DelayLA applies to them too.
         let delay = self.command_delay();
+        let features = self
+            .rt
+            .access
+            .lookup_client_for(Tag::SrvFeatures, client.name.as_deref(), client.addr)
+            .map_or_else(ClientFeatures::default, |e| ClientFeatures::parse(e.value));
         let feed = |session: &mut Session| {
+            session.set_features(features);
             session.set_command_delay(delay.clone());
             if !input.is_empty() {
                 session.handle_input(input, now);
@@ -467,6 +474,31 @@ impl Driver {
         }
     }
 
+    /// Logs a finding of the session's defences, with the id Sendmail gives its line: the
+    /// queue id (or a session id) for the per-message ones, none for the session-level ones.
+    fn record_finding(&mut self, session: &Session, finding: &Finding, action: Action) {
+        let qid = match finding {
+            Finding::TooManyBadCommands | Finding::Unsynchronized { .. } => None,
+            Finding::Stuffing { .. } => session.queue_id().map(str::to_owned),
+            _ => Some(self.log_id(session)),
+        };
+        if action != Action::Ignore
+            && matches!(
+                finding,
+                Finding::OpenProxy { .. } | Finding::Stuffing { .. }
+            )
+        {
+            // The session ends in rejection, or in the rejecting mode: no "did not issue MAIL".
+            self.quiet_end = true;
+        }
+        self.shared.telemetry.emit(Event::SessionDefence {
+            qid: qid.as_deref(),
+            relay: &self.relay,
+            finding,
+            action,
+        });
+    }
+
     fn record(&mut self, session: &Session, note: Note) {
         match note {
             Note::Delaying { command, reason } => {
@@ -479,31 +511,8 @@ impl Driver {
                 });
                 return;
             }
-            Note::OpenProxy { command } => {
-                let qid = self.log_id(session);
-                self.shared.telemetry.emit(Event::OpenProxy {
-                    qid: &qid,
-                    relay: &self.relay,
-                    command: &command,
-                });
-                self.quiet_end = true;
-                return;
-            }
-            Note::TooManyRecipients => {
-                let qid = self.log_id(session);
-                self.shared.telemetry.emit(Event::TooManyRecipients {
-                    qid: &qid,
-                    relay: &self.relay,
-                });
-                return;
-            }
-            Note::RcptFlood(flood) => {
-                let qid = self.log_id(session);
-                self.shared.telemetry.emit(Event::RcptFlood {
-                    qid: &qid,
-                    relay: &self.relay,
-                    shutting_down: flood == RcptFlood::ShuttingDown,
-                });
+            Note::Defence { finding, action } => {
+                self.record_finding(session, &finding, action);
                 return;
             }
             Note::DelayBudgetSpent { spent, command } => {
@@ -562,12 +571,7 @@ impl Driver {
                     size,
                 });
             }
-            Note::TooManyBadCommands => t.emit(Event::TooManyBadCommands { relay }),
-            Note::Delaying { .. }
-            | Note::DelayBudgetSpent { .. }
-            | Note::OpenProxy { .. }
-            | Note::TooManyRecipients
-            | Note::RcptFlood(_) => {} // Logged above.
+            Note::Delaying { .. } | Note::DelayBudgetSpent { .. } | Note::Defence { .. } => {} // Logged above.
         }
     }
 }

@@ -22,7 +22,7 @@ use portcullis_policy::access::AccessMap;
 use portcullis_policy::anvil::MemoryAnvil;
 use portcullis_policy::greet_pause::PassCache;
 use portcullis_policy::{LocalRecipients, Policy};
-use portcullis_smtp::{BareLineEndings, SessionConfig};
+use portcullis_smtp::{BareLineEndings, DefenceActions, SessionConfig};
 use portcullis_spool::{Committer, QueueIdGen, Spool};
 
 use crate::access::{FileStamp, LoadedMap};
@@ -72,6 +72,16 @@ impl Runtime {
             bad_rcpt_throttle: config.limits.bad_rcpt_throttle,
             bad_rcpt_throttle_delay: config.limits.bad_rcpt_throttle_delay,
             bad_rcpt_shutdown: config.limits.bad_rcpt_shutdown,
+            pipelining: config.smtp.pipelining,
+            max_noop_commands: config.limits.max_noop_commands,
+            actions: DefenceActions {
+                open_proxy: config.smtp.open_proxy_action,
+                max_recipients: config.limits.max_recipients_action,
+                bad_rcpt: config.limits.bad_rcpt_action,
+                stuffing: config.smtp.stuffing_action,
+                pipelining: config.smtp.pipelining_action,
+                command_abuse: config.limits.command_abuse_action,
+            },
             ..SessionConfig::new(config.server.hostname.clone())
         };
         let recipients = LocalRecipients::new(

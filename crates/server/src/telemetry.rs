@@ -21,6 +21,8 @@ use std::sync::Mutex;
 
 use portcullis_config::{LogDestination, LogFormat};
 
+use portcullis_smtp::{Action, Finding, RcptFlood};
+
 use crate::clock;
 use crate::load::Reading;
 
@@ -128,8 +130,6 @@ pub enum Event<'a> {
         qid: Option<&'a str>,
         error: &'a str,
     },
-    /// Too many unknown commands.
-    TooManyBadCommands { relay: &'a str },
     /// One recipient delivered (Sendmail's `to=` line).
     Delivered {
         qid: &'a str,
@@ -165,7 +165,7 @@ pub enum Event<'a> {
         waited_ms: u128,
         class: &'a str,
         sample: &'a str,
-        action: portcullis_config::Action,
+        action: Action,
         /// The access entry that set the pause (`file:line: GreetPause:key value`), or None for
         /// `greet_pause.default`.
         entry: Option<&'a str>,
@@ -180,7 +180,7 @@ pub enum Event<'a> {
         reply: &'a str,
         /// `rate_control` or `conn_control`.
         defence: &'a str,
-        action: portcullis_config::Action,
+        action: Action,
         /// The counted key (an address or a prefix) and its count against the limit.
         key: &'a str,
         count: u32,
@@ -220,19 +220,15 @@ pub enum Event<'a> {
         spent: std::time::Duration,
         budget: std::time::Duration,
     },
-    /// The first command was an HTTP or POP request: 421 and close (Sendmail's line).
-    OpenProxy {
-        qid: &'a str,
+    /// One of the session's own defences found something (open proxy, recipient limits,
+    /// stuffing, pipelining, command abuse) and applied `action`. Worded as Sendmail logs
+    /// it; with `ignore` the line starts `ignored (<key> = ignore):`, so filters written for
+    /// Sendmail's lines (fail2ban) do not ban clients an admin is only watching.
+    SessionDefence {
+        qid: Option<&'a str>,
         relay: &'a str,
-        command: &'a str,
-    },
-    /// A RCPT got `452 4.5.3 Too many recipients` (Sendmail's MaxRecipientsPerMessage line).
-    TooManyRecipients { qid: &'a str, relay: &'a str },
-    /// Too many rejected RCPTs: throttling (once per transaction) or closing.
-    RcptFlood {
-        qid: &'a str,
-        relay: &'a str,
-        shutting_down: bool,
+        finding: &'a Finding,
+        action: Action,
     },
     /// A `queue_*` load threshold is reached: delivery waits (mail is still accepted).
     DeliveryHeld { reading: Reading },
@@ -405,12 +401,6 @@ impl Event<'_> {
                 qid,
                 format!("SYSERR: spool commit failed: {error}"),
             ),
-            Self::TooManyBadCommands { relay } => r(
-                "smtp_too_many_bad_commands",
-                Notice,
-                None,
-                format!("{relay}: too many bad commands; closing connection"),
-            ),
             Self::Delivered {
                 qid,
                 to,
@@ -487,7 +477,7 @@ impl Event<'_> {
                 Notice,
                 Some(qid),
                 match action {
-                    portcullis_config::Action::Ignore => format!(
+                    Action::Ignore => format!(
                         "pre-greeting traffic from {relay} after {seconds} seconds ignored (greet_pause.action = ignore)"
                     ),
                     _ => format!(
@@ -517,7 +507,7 @@ impl Event<'_> {
                 Notice,
                 None,
                 match action {
-                    portcullis_config::Action::Ignore => format!(
+                    Action::Ignore => format!(
                         "{relay} over its limit ({reply}) ignored ({defence}.action = ignore)"
                     ),
                     _ => format!(
@@ -607,38 +597,25 @@ impl Event<'_> {
                     budget.as_secs()
                 ),
             ),
-            Self::OpenProxy {
+            Self::SessionDefence {
                 qid,
                 relay,
-                command,
-            } => r(
-                "session_open_proxy",
-                Notice,
-                Some(qid),
-                format!("probable open proxy: command={command}"),
-            )
-            .with("relay", relay),
-            Self::TooManyRecipients { qid, relay } => r(
-                "recipients_too_many",
-                Info,
-                Some(qid),
-                "Too many recipients".to_owned(),
-            )
-            .with("relay", relay),
-            Self::RcptFlood {
-                qid,
-                relay,
-                shutting_down,
-            } => r(
-                "recipients_flood",
-                Notice,
-                Some(qid),
-                if shutting_down {
-                    format!("{relay}: Possible SMTP RCPT flood, shutting down connection.")
-                } else {
-                    format!("{relay}: Possible SMTP RCPT flood, throttling.")
-                },
-            ),
+                finding,
+                action,
+            } => {
+                let (name, level, text) = defence_text(relay, finding);
+                let text = match action {
+                    Action::Ignore => format!("ignored ({} = ignore): {text}", finding.action_key()),
+                    _ => text,
+                };
+                let record = r(name, level, qid, text)
+                    .with("relay", relay)
+                    .with("action", action.name());
+                match finding {
+                    Finding::Stuffing { next, .. } => record.with("next_input", next),
+                    _ => record,
+                }
+            }
             Self::DeliveryHeld { reading } => r(
                 "load_delivery_held",
                 Notice,
@@ -653,6 +630,53 @@ impl Event<'_> {
                 "delivery resumed: load below queue thresholds".to_owned(),
             ),
         }
+    }
+}
+
+/// The event name, level and Sendmail-worded text of a session defence's finding.
+fn defence_text(relay: &str, finding: &Finding) -> (&'static str, Level, String) {
+    match finding {
+        Finding::OpenProxy { command } => (
+            "session_open_proxy",
+            Level::Notice,
+            format!("probable open proxy: command={command}"),
+        ),
+        Finding::TooManyRecipients => (
+            "recipients_too_many",
+            Level::Info,
+            "Too many recipients".to_owned(),
+        ),
+        Finding::RcptFlood(RcptFlood::Throttling) => (
+            "recipients_flood",
+            Level::Notice,
+            format!("{relay}: Possible SMTP RCPT flood, throttling."),
+        ),
+        Finding::RcptFlood(RcptFlood::ShuttingDown) => (
+            "recipients_flood",
+            Level::Notice,
+            format!("{relay}: Possible SMTP RCPT flood, shutting down connection."),
+        ),
+        Finding::TooManyBadCommands => (
+            "smtp_too_many_bad_commands",
+            Level::Notice,
+            format!("{relay}: too many bad commands; closing connection"),
+        ),
+        Finding::Stuffing { command, .. } => (
+            "smtp_stuffing",
+            Level::Notice,
+            format!("rejecting server {command} from {relay} due to traffic before response"),
+        ),
+        // No Sendmail line; Postfix's, which its fail2ban filter knows.
+        Finding::Unsynchronized { command, next } => (
+            "smtp_unsynchronized",
+            Level::Notice,
+            format!("improper command pipelining after {command} from {relay}: {next}"),
+        ),
+        Finding::CommandFlood { command, count } => (
+            "smtp_command_flood",
+            Level::Notice,
+            format!("{relay}: possible SMTP attack: command={command}, count={count}"),
+        ),
     }
 }
 

@@ -41,7 +41,8 @@ fn slam_from_another_address_is_rejected_and_nothing_is_queued() {
     }
     let want = [
         "554 mx.example.test ESMTP not accepting messages",
-        "250 mx.example.test Hello [127.0.0.2], pleased to meet you",
+        // Sendmail 8.18: the HELO had the rest of the session behind it (stuffing).
+        "554 5.5.0 SMTP protocol error",
         "550 5.0.0 Command rejected",
         "550 5.0.0 Command rejected",
         "550 5.0.0 Command rejected",
@@ -57,6 +58,11 @@ fn slam_from_another_address_is_rejected_and_nothing_is_queued() {
         Duration::from_secs(5)
     ));
     assert!(server.log().contains("class=\"smtp-command\""));
+    assert!(
+        server
+            .log()
+            .contains("rejecting server HELO from [127.0.0.2] due to traffic before response")
+    );
     assert!(server.queue_files().is_empty());
 
     // A client that waits, from another address, gets its greeting after the pause, dated

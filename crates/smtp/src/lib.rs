@@ -31,9 +31,9 @@ pub use command::{Command, MailParams};
 pub use data::{BareLineEndings, DataReceiver};
 pub use reply::Reply;
 pub use session::{
-    Ask, ClientInfo, CommandDelay, CommitError, DELAY_NOTE_EVERY, Event, Message, Note, RcptFlood,
-    Session, SessionConfig, SessionStats, Timeouts, Verdict, WaitPhase, received_header,
-    sendmail_address,
+    Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, DELAY_NOTE_EVERY, DefenceActions,
+    Event, Finding, Message, Note, RcptFlood, Session, SessionConfig, SessionStats, Timeouts,
+    Verdict, WaitPhase, received_header, sendmail_address,
 };
 
 /// RFC 5321 §4.5.3.1.4: the maximum total length of a command line including the CRLF.

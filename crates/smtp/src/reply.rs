@@ -103,18 +103,35 @@ pub fn helo(hostname: &str, client: &str) -> Reply {
 }
 
 /// The EHLO reply: the hello line, then the extensions we offer (RFC 5321 §4.1.1.1), in
-/// Sendmail's order. SIZE carries the configured maximum (RFC 1870).
-pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64) -> Reply {
-    let lines = vec![
+/// Sendmail's order. SIZE carries the configured maximum (RFC 1870); PIPELINING is left out
+/// when it is not offered to this client (`[smtp] pipelining = false`, `Srv_Features: P`).
+pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64, pipelining: bool) -> Reply {
+    let mut lines = vec![
         format!("{hostname} Hello {client}, pleased to meet you"),
         "ENHANCEDSTATUSCODES".to_owned(),
-        "PIPELINING".to_owned(),
+    ];
+    if pipelining {
+        lines.push("PIPELINING".to_owned());
+    }
+    lines.extend([
         "8BITMIME".to_owned(),
         format!("SIZE {max_message_bytes}"),
         "SMTPUTF8".to_owned(),
         "HELP".to_owned(),
-    ];
+    ]);
     Reply { code: 250, lines }
+}
+
+/// `554 5.5.0 SMTP protocol error`: input came after HELO/EHLO or DATA before its reply
+/// (Sendmail 8.18's answer to command stuffing, CVE-2023-51765).
+pub fn protocol_error() -> Reply {
+    Reply::new(554, "5.5.0 SMTP protocol error")
+}
+
+/// `554 5.5.0 SMTP protocol synchronization error`: a command before the previous reply
+/// from a client PIPELINING was not offered to (Exim's wording, without its detail).
+pub fn synchronization_error() -> Reply {
+    Reply::new(554, "5.5.0 SMTP protocol synchronization error")
 }
 
 /// `554 <host> ESMTP not accepting messages`: the greeting for a client that talked before
@@ -387,11 +404,17 @@ mod tests {
     #[test]
     fn writes_single_and_multi_line() {
         assert_eq!(wire(&ok()), "250 2.0.0 OK\r\n");
-        let r = ehlo("mx", "[127.0.0.1]", 1000);
+        let r = ehlo("mx", "[127.0.0.1]", 1000, true);
         assert_eq!(
             wire(&r),
             "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
              250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n250 HELP\r\n"
+        );
+        let r = ehlo("mx", "[127.0.0.1]", 1000, false);
+        assert_eq!(
+            wire(&r),
+            "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
+             250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n250 HELP\r\n"
         );
     }
 

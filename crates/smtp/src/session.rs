@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::Action;
 use crate::address::ReversePath;
 use crate::command::{self, Command, MailParams};
 use crate::data::{BareLineEndings, DataProblem, DataReceiver};
@@ -133,6 +134,52 @@ pub struct SessionConfig {
     /// Sendmail's BadRcptShutdown: after this many rejected RCPTs in the session, the next
     /// RCPT gets `421 4.7.0 ... Too many bad recipients` and the session closes. 0 = off.
     pub bad_rcpt_shutdown: u32,
+    /// PIPELINING is advertised (RFC 2920). A client it is not advertised to must wait for
+    /// each reply: a command sent before the previous reply is a synchronization error.
+    pub pipelining: bool,
+    /// NOOPs after which each NOOP's reply is delayed, doubling from 1 s (Sendmail's
+    /// MaxNOOPCommands); 0 = no limit. HELO/EHLO (3), VRFY/EXPN (6) and ETRN (8) have
+    /// Sendmail's fixed limits.
+    pub max_noop_commands: u32,
+    /// What each of the session's own defences does with a finding.
+    pub actions: DefenceActions,
+}
+
+/// The `action` of each defence the session runs itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefenceActions {
+    /// `smtp.open_proxy_action`: a first command of GET, POST, CONNECT or USER.
+    pub open_proxy: Action,
+    /// `limits.max_recipients_action`: RCPTs past `max_recipients_per_message`.
+    pub max_recipients: Action,
+    /// `limits.bad_rcpt_action`: the bad-recipient throttle and shutdown.
+    pub bad_rcpt: Action,
+    /// `smtp.stuffing_action`: input after HELO/EHLO or DATA before its reply.
+    pub stuffing: Action,
+    /// `smtp.pipelining_action`: a command before the previous reply, PIPELINING not offered.
+    pub pipelining: Action,
+    /// `limits.command_abuse_action`: the NOOP/HELO/VRFY/ETRN limits and bad commands.
+    pub command_abuse: Action,
+}
+
+/// Per-client switches, from the access map's `Srv_Features:` letters (Sendmail's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientFeatures {
+    /// `P`: PIPELINING is not advertised to this client, which then must wait for each reply.
+    pub no_pipelining: bool,
+    /// `F`: input sent ahead of a reply is not checked (neither stuffing nor synchronization).
+    pub lax_pipelining: bool,
+}
+
+impl ClientFeatures {
+    /// Reads Sendmail's `Srv_Features:` value: the letters `P` and `F` (case matters, as in
+    /// Sendmail, where the lower-case letter means the opposite); other letters are ignored.
+    pub fn parse(value: &str) -> Self {
+        Self {
+            no_pipelining: value.contains('P'),
+            lax_pipelining: value.contains('F'),
+        }
+    }
 }
 
 impl SessionConfig {
@@ -150,6 +197,9 @@ impl SessionConfig {
             bad_rcpt_throttle: 0,
             bad_rcpt_throttle_delay: Duration::from_secs(1),
             bad_rcpt_shutdown: 0,
+            pipelining: true,
+            max_noop_commands: 20,
+            actions: DefenceActions::default(),
         }
     }
 }
@@ -228,6 +278,8 @@ pub enum Verdict {
     Reject(Reply),
     /// Send the reply, then close the connection.
     Close(Reply),
+    /// Close the connection without a reply (a defence's `drop` action).
+    Drop,
 }
 
 /// A complete message to be made durable.
@@ -276,8 +328,6 @@ pub enum Note {
         /// Message size in bytes.
         size: u64,
     },
-    /// The session ended with 421 after too many bad commands.
-    TooManyBadCommands,
     /// The commit did not finish within `datafinal`; `451` was sent.
     CommitTimeout,
     /// Commands are being delayed (Sendmail's `delaying=<CMD>, load average=N >= M`); noted
@@ -288,16 +338,14 @@ pub enum Note {
         /// Why, from [`CommandDelay::reason`].
         reason: String,
     },
-    /// The first command looked like HTTP or POP (`GET`, `POST`, `CONNECT`, `USER`):
-    /// `421 4.7.0 ... Rejecting open proxy` was sent and the session closed.
-    OpenProxy {
-        /// The command line, printable, at most 40 characters (Sendmail's `command=`).
-        command: String,
+    /// A defence found something and applied `action` (enforce: the reply Sendmail gives;
+    /// drop: closed without a reply; ignore: nothing but this note).
+    Defence {
+        /// What was found.
+        finding: Finding,
+        /// What was done about it.
+        action: Action,
     },
-    /// A RCPT got `452 4.5.3 Too many recipients` (MaxRecipientsPerMessage).
-    TooManyRecipients,
-    /// Too many rejected RCPTs.
-    RcptFlood(RcptFlood),
     /// The next delay would have passed the session's delay budget: `421 4.3.2 ... Too
     /// busy` was sent and the session closed.
     DelayBudgetSpent {
@@ -306,6 +354,63 @@ pub enum Note {
         /// The command that was not delayed.
         command: &'static str,
     },
+}
+
+/// What one of the session's defences found (Sendmail's log wording in brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The first command looked like HTTP or POP (`GET`, `POST`, `CONNECT`, `USER`):
+    /// `421 4.7.0 ... Rejecting open proxy` (`probable open proxy: command=...`).
+    OpenProxy {
+        /// The command line, printable, at most 40 characters (Sendmail's `command=`).
+        command: String,
+    },
+    /// A RCPT past `max_recipients_per_message`: `452 4.5.3 Too many recipients`.
+    TooManyRecipients,
+    /// Too many rejected RCPTs.
+    RcptFlood(RcptFlood),
+    /// More than `max_bad_commands` unknown or refused commands: `421 4.7.0 ... Too many bad
+    /// commands`.
+    TooManyBadCommands,
+    /// Input arrived after HELO/EHLO or DATA before its reply (Sendmail 8.18's fix for
+    /// CVE-2023-51765): `554 5.5.0 SMTP protocol error` (`rejecting server EHLO from ...
+    /// due to traffic before response`).
+    Stuffing {
+        /// `HELO`, `EHLO` or `DATA`.
+        command: &'static str,
+        /// The start of the input that came too early, printable.
+        next: String,
+    },
+    /// PIPELINING is not offered to this client and it sent input before a reply: `554
+    /// 5.5.0 SMTP protocol synchronization error`.
+    Unsynchronized {
+        /// The command whose reply was not awaited (`end of DATA` after the final dot).
+        command: &'static str,
+        /// The start of the input that came too early, printable.
+        next: String,
+    },
+    /// A command past its limit (Sendmail's checksmtpattack): replies are delayed from now
+    /// on (`possible SMTP attack: command=NOOP, count=20`).
+    CommandFlood {
+        /// `HELO/EHLO`, `NOOP`, `VRFY/EXPN` or `ETRN`.
+        command: &'static str,
+        /// The count reached (the limit).
+        count: u32,
+    },
+}
+
+impl Finding {
+    /// The configuration key of the action that applies (for "ignored (<key> = ignore)").
+    pub fn action_key(&self) -> &'static str {
+        match self {
+            Self::OpenProxy { .. } => "smtp.open_proxy_action",
+            Self::TooManyRecipients => "limits.max_recipients_action",
+            Self::RcptFlood(_) => "limits.bad_rcpt_action",
+            Self::TooManyBadCommands | Self::CommandFlood { .. } => "limits.command_abuse_action",
+            Self::Stuffing { .. } => "smtp.stuffing_action",
+            Self::Unsynchronized { .. } => "smtp.pipelining_action",
+        }
+    }
 }
 
 /// Recipient defences the driver logs (Sendmail's wording in brackets).
@@ -318,6 +423,14 @@ pub enum RcptFlood {
     /// shutting down connection.`).
     ShuttingDown,
 }
+
+/// Sendmail's compile-time checksmtpattack limits (MAXHELOCOMMANDS, MAXVRFYCOMMANDS,
+/// MAXETRNCOMMANDS); NOOP's is `SessionConfig::max_noop_commands`.
+const MAX_HELO_COMMANDS: u32 = 3;
+const MAX_VRFY_COMMANDS: u32 = 6;
+const MAX_ETRN_COMMANDS: u32 = 8;
+/// Sendmail caps one checksmtpattack delay at MAXTIMEOUT (4 minutes).
+const MAX_COMMAND_FLOOD_DELAY: Duration = Duration::from_secs(240);
 
 /// Sendmail logs its `delaying=` line at most this often per session.
 pub const DELAY_NOTE_EVERY: Duration = Duration::from_secs(15);
@@ -485,7 +598,22 @@ pub struct Session {
     session_bad_rcpts: u32,
     /// [`RcptFlood::Throttling`] was noted in this transaction.
     throttle_noted: bool,
+    /// Findings an `ignore` action notes once per session: shutdown, bad commands, sync.
+    ignored: Ignored,
+    /// `Srv_Features:` switches for this client.
+    features: ClientFeatures,
+    /// HELO/EHLO, NOOP, VRFY/EXPN and ETRN commands so far (Sendmail's checksmtpattack).
+    abuse: [u32; 4],
     stats: SessionStats,
+}
+
+/// Findings noted once per session when their action is `ignore` (they would otherwise
+/// repeat with every command).
+#[derive(Debug, Default)]
+struct Ignored {
+    rcpt_shutdown: bool,
+    bad_commands: bool,
+    unsynchronized: bool,
 }
 
 impl Session {
@@ -523,6 +651,9 @@ impl Session {
             tx_bad_rcpts: 0,
             session_bad_rcpts: 0,
             throttle_noted: false,
+            ignored: Ignored::default(),
+            features: ClientFeatures::default(),
+            abuse: [0; 4],
             stats: SessionStats::default(),
         };
         s.send(greeting);
@@ -546,6 +677,16 @@ impl Session {
     /// Ends the session once the output queued so far is written (the `drop` action).
     pub fn close_now(&mut self) {
         self.close();
+    }
+
+    /// The client's `Srv_Features:` switches (before its first command).
+    pub fn set_features(&mut self, features: ClientFeatures) {
+        self.features = features;
+    }
+
+    /// True when this client is offered PIPELINING (the configuration, less `Srv_Features: P`).
+    pub fn offers_pipelining(&self) -> bool {
+        self.cfg.pipelining && !self.features.no_pipelining
     }
 
     /// Starts (Some) or stops (None) waiting before each command; the driver calls this as
@@ -637,6 +778,7 @@ impl Session {
                 self.send(&r);
                 self.close();
             }
+            Verdict::Drop => self.close(),
         }
         self.process(now);
     }
@@ -745,6 +887,9 @@ impl Session {
             match &mut self.phase {
                 Phase::Command => {
                     let Some(line) = self.next_line() else { break };
+                    if !self.screen(&line, now) {
+                        continue;
+                    }
                     if let Some(line) = self.delay(line, now) {
                         self.handle_line(&line, now);
                     }
@@ -756,6 +901,11 @@ impl Session {
                     match receiver.ingest(&self.input) {
                         Some(used) => {
                             self.input.drain(..used);
+                            // A client that must wait for each reply waits for this one too.
+                            self.out_of_sync("end of DATA");
+                            if self.is_closed() {
+                                break;
+                            }
                             self.finish_data(now);
                         }
                         None => {
@@ -804,18 +954,111 @@ impl Session {
         }
     }
 
-    fn handle_line(&mut self, line: &[u8], now: Instant) {
-        self.stats.commands += 1;
-        if self.stats.commands == 1 && command::is_proxy_probe(line) {
-            let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
-            self.send(&r);
+    /// The checks a command line meets as it is taken from the input, before any delay:
+    /// the open-proxy probe, synchronization and stuffing. False when the line is done with
+    /// (answered, or the session closed).
+    fn screen(&mut self, line: &[u8], now: Instant) -> bool {
+        if self.stats.commands == 0 && command::is_proxy_probe(line) {
             // Sendmail's `%.40s`: the first 40 characters, cut without a mark.
             let text = command::strip_eol(line);
             let command = reply::printable(&text[..text.len().min(40)], 40);
-            self.note(Note::OpenProxy { command });
-            self.close();
-            return;
+            let action = self.cfg.actions.open_proxy;
+            self.finding(Finding::OpenProxy { command }, action);
+            match action {
+                Action::Enforce => {
+                    let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
+                    self.send(&r);
+                    self.close();
+                    return false;
+                }
+                Action::Drop => {
+                    self.close();
+                    return false;
+                }
+                Action::Ignore => {}
+            }
         }
+        let verb = command::verb_name(line);
+        if self.rejecting.is_none() && self.out_of_sync(verb) {
+            return !self.is_closed();
+        }
+        if matches!(verb, "HELO" | "EHLO") && self.stuffed(verb) {
+            match self.cfg.actions.stuffing {
+                Action::Enforce => {
+                    // Sendmail 8.18: the hello is refused and the session goes on in rejecting
+                    // mode, where only HELO, EHLO, NOOP, RSET and QUIT work.
+                    self.stats.commands += 1;
+                    self.send(&reply::protocol_error());
+                    if self.rejecting.is_none() {
+                        self.rejecting = Some(reply::command_rejected());
+                    }
+                    self.arm_for_next_command(now);
+                    return false;
+                }
+                Action::Drop => {
+                    self.close();
+                    return false;
+                }
+                Action::Ignore => {}
+            }
+        }
+        true
+    }
+
+    /// Input is waiting behind the command just taken although the client has not seen its
+    /// reply yet, and the client is not exempt (`Srv_Features: F`).
+    fn early_input(&self) -> bool {
+        !self.input.is_empty() && !self.features.lax_pipelining
+    }
+
+    /// The start of the waiting input, for the log.
+    fn next_input(&self) -> String {
+        // One byte past the limit, so a longer input is marked `...`.
+        let n = self.input.len().min(41);
+        reply::printable(&self.input[..n], 40)
+    }
+
+    /// Sendmail 8.18's stuffing check for `command` (HELO, EHLO, DATA): notes the finding
+    /// and returns true when input came before the reply.
+    fn stuffed(&mut self, command: &'static str) -> bool {
+        if !self.early_input() {
+            return false;
+        }
+        let next = self.next_input();
+        self.finding(
+            Finding::Stuffing { command, next },
+            self.cfg.actions.stuffing,
+        );
+        true
+    }
+
+    /// Without PIPELINING offered, input waiting behind `command` is a synchronization
+    /// error: 554 and close (enforce), close (drop), noted once (ignore). Returns true when
+    /// it was found.
+    fn out_of_sync(&mut self, command: &'static str) -> bool {
+        if self.offers_pipelining() || !self.early_input() {
+            return false;
+        }
+        let action = self.cfg.actions.pipelining;
+        if action == Action::Ignore && self.ignored.unsynchronized {
+            return false;
+        }
+        self.ignored.unsynchronized = action == Action::Ignore;
+        let next = self.next_input();
+        self.finding(Finding::Unsynchronized { command, next }, action);
+        match action {
+            Action::Enforce => {
+                self.send(&reply::synchronization_error());
+                self.close();
+            }
+            Action::Drop => self.close(),
+            Action::Ignore => {}
+        }
+        true
+    }
+
+    fn handle_line(&mut self, line: &[u8], now: Instant) {
+        self.stats.commands += 1;
         if self.rejecting.is_some() {
             self.handle_rejecting(line, now);
             return;
@@ -864,14 +1107,29 @@ impl Session {
     fn delay(&mut self, line: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
         let command = command::verb_name(&line);
         let in_rcpt = command == "RCPT" && self.tx.is_some() && self.rejecting.is_none();
+        let bad_rcpt = self.cfg.actions.bad_rcpt;
         let shutdown = self.cfg.bad_rcpt_shutdown;
         if in_rcpt && shutdown > 0 && self.session_bad_rcpts >= shutdown {
-            let r = reply::too_many_bad_recipients(&self.cfg.hostname);
-            self.send(&r);
-            self.note(Note::RcptFlood(RcptFlood::ShuttingDown));
-            self.close();
-            return None;
+            let noted = bad_rcpt == Action::Ignore && self.ignored.rcpt_shutdown;
+            if !noted {
+                self.ignored.rcpt_shutdown = bad_rcpt == Action::Ignore;
+                self.finding(Finding::RcptFlood(RcptFlood::ShuttingDown), bad_rcpt);
+            }
+            match bad_rcpt {
+                Action::Enforce => {
+                    let r = reply::too_many_bad_recipients(&self.cfg.hostname);
+                    self.send(&r);
+                    self.close();
+                    return None;
+                }
+                Action::Drop => {
+                    self.close();
+                    return None;
+                }
+                Action::Ignore => {}
+            }
         }
+        let attack = self.command_flood(command)?;
         let load = self
             .command_delay
             .as_ref()
@@ -879,12 +1137,20 @@ impl Session {
             .map(|d| (d.each, d.reason.clone()));
         let throttle = self.cfg.bad_rcpt_throttle;
         let throttled = in_rcpt && throttle > 0 && self.tx_bad_rcpts >= throttle;
-        let each = load.as_ref().map_or(Duration::ZERO, |(d, _)| *d)
-            + if throttled {
-                self.cfg.bad_rcpt_throttle_delay
-            } else {
-                Duration::ZERO
-            };
+        if throttled && !self.throttle_noted {
+            self.throttle_noted = true;
+            self.finding(Finding::RcptFlood(RcptFlood::Throttling), bad_rcpt);
+            if bad_rcpt == Action::Drop {
+                self.close();
+                return None;
+            }
+        }
+        let throttle_wait = if throttled && bad_rcpt == Action::Enforce {
+            self.cfg.bad_rcpt_throttle_delay
+        } else {
+            Duration::ZERO
+        };
+        let each = load.as_ref().map_or(Duration::ZERO, |(d, _)| *d) + throttle_wait + attack;
         let spent = self.stats.delayed;
         if !each.is_zero() && spent + each > self.cfg.delay_budget {
             let r = reply::too_busy(&self.cfg.hostname);
@@ -892,10 +1158,6 @@ impl Session {
             self.note(Note::DelayBudgetSpent { spent, command });
             self.close();
             return None;
-        }
-        if throttled && !self.throttle_noted {
-            self.throttle_noted = true;
-            self.note(Note::RcptFlood(RcptFlood::Throttling));
         }
         if let Some((d, reason)) = load
             && !d.is_zero()
@@ -918,6 +1180,74 @@ impl Session {
         None
     }
 
+    /// Sendmail's checksmtpattack: counts HELO/EHLO, NOOP, VRFY/EXPN and ETRN; from the
+    /// command's limit on, each is delayed `2^(count - limit)` s (at most 240 s, Sendmail's
+    /// MAXTIMEOUT), noted once at the limit. Returns the delay, or None when the session was
+    /// closed (drop).
+    fn command_flood(&mut self, command: &'static str) -> Option<Duration> {
+        let (slot, name, limit) = match command {
+            "HELO" | "EHLO" => (0, "HELO/EHLO", MAX_HELO_COMMANDS),
+            "NOOP" => (1, "NOOP", self.cfg.max_noop_commands),
+            "VRFY" | "EXPN" => (2, "VRFY/EXPN", MAX_VRFY_COMMANDS),
+            "ETRN" => (3, "ETRN", MAX_ETRN_COMMANDS),
+            _ => return Some(Duration::ZERO),
+        };
+        if limit == 0 {
+            return Some(Duration::ZERO);
+        }
+        let count = self.abuse[slot].saturating_add(1);
+        self.abuse[slot] = count;
+        if count < limit {
+            return Some(Duration::ZERO);
+        }
+        let action = self.cfg.actions.command_abuse;
+        if count == limit {
+            self.finding(
+                Finding::CommandFlood {
+                    command: name,
+                    count,
+                },
+                action,
+            );
+        }
+        match action {
+            Action::Enforce => {
+                let secs = 1u64 << (count - limit).min(8);
+                Some(Duration::from_secs(secs).min(MAX_COMMAND_FLOOD_DELAY))
+            }
+            Action::Drop => {
+                self.close();
+                None
+            }
+            Action::Ignore => Some(Duration::ZERO),
+        }
+    }
+
+    /// A command was unknown (or refused in rejecting mode) and the count passed
+    /// `max_bad_commands`: 421 and close (enforce), close (drop), noted once (ignore).
+    /// Returns true when the session goes on.
+    fn too_many_bad_commands(&mut self) -> bool {
+        let action = self.cfg.actions.command_abuse;
+        if action == Action::Ignore && self.ignored.bad_commands {
+            return true;
+        }
+        self.ignored.bad_commands = action == Action::Ignore;
+        self.finding(Finding::TooManyBadCommands, action);
+        match action {
+            Action::Enforce => {
+                let r = reply::too_many_bad_commands(&self.cfg.hostname);
+                self.send(&r);
+                self.close();
+                false
+            }
+            Action::Drop => {
+                self.close();
+                false
+            }
+            Action::Ignore => true,
+        }
+    }
+
     /// A RCPT of the open transaction was refused (Sendmail counts every RCPT that ends
     /// in an error reply).
     fn bad_rcpt(&mut self) {
@@ -929,12 +1259,10 @@ impl Session {
     fn handle_rejecting(&mut self, line: &[u8], now: Instant) {
         if command::refused_when_rejecting(line) {
             self.refused += 1;
-            if self.refused > self.cfg.max_bad_commands {
-                let r = reply::too_many_bad_commands(&self.cfg.hostname);
-                self.send(&r);
-                self.note(Note::TooManyBadCommands);
-                self.close();
-            } else if let Some(r) = self.rejecting.clone() {
+            if self.refused > self.cfg.max_bad_commands && !self.too_many_bad_commands() {
+                return;
+            }
+            if let Some(r) = self.rejecting.clone() {
                 self.send(&r);
                 self.arm_for_next_command(now);
             }
@@ -982,11 +1310,7 @@ impl Session {
 
     fn cmd_unknown(&mut self, line: &[u8], now: Instant) {
         self.stats.bad_commands += 1;
-        if self.stats.bad_commands > self.cfg.max_bad_commands {
-            let r = reply::too_many_bad_commands(&self.cfg.hostname);
-            self.send(&r);
-            self.note(Note::TooManyBadCommands);
-            self.close();
+        if self.stats.bad_commands > self.cfg.max_bad_commands && !self.too_many_bad_commands() {
             return;
         }
         self.send(&reply::unrecognized(command::strip_eol(line)));
@@ -1017,24 +1341,30 @@ impl Session {
     }
 
     fn cmd_rcpt(&mut self, recipient: ReversePath, now: Instant) {
-        let check = match &self.tx {
-            None => Some(reply::need_mail()),
-            Some(tx) if tx.recipients.len() >= self.recipient_limit() => {
-                Some(reply::too_many_recipients())
-            }
-            Some(_) => None,
+        let Some(tx) = &self.tx else {
+            self.send(&reply::need_mail());
+            self.arm_for_next_command(now);
+            return;
         };
-        match check {
-            Some(r) => {
-                if self.tx.is_some() {
-                    self.bad_rcpt();
-                    self.note(Note::TooManyRecipients);
-                }
-                self.send(&r);
-                self.arm_for_next_command(now);
+        let accepted = tx.recipients.len();
+        // The hard cap always holds; the configured limit is a defence with an action.
+        let over_cap = accepted >= self.cfg.max_recipients;
+        let over_limit = accepted >= self.recipient_limit();
+        let action = self.cfg.actions.max_recipients;
+        if over_limit && !over_cap {
+            self.finding(Finding::TooManyRecipients, action);
+            if action == Action::Drop {
+                self.close();
+                return;
             }
-            None => self.ask(Pending::Rcpt { recipient }),
         }
+        if over_cap || (over_limit && action == Action::Enforce) {
+            self.bad_rcpt();
+            self.send(&reply::too_many_recipients());
+            self.arm_for_next_command(now);
+            return;
+        }
+        self.ask(Pending::Rcpt { recipient });
     }
 
     /// Accepted recipients a message may have: MaxRecipientsPerMessage within the hard cap.
@@ -1090,7 +1420,13 @@ impl Session {
                 self.end_transaction();
                 let client = self.client.display();
                 let r = if extended {
-                    reply::ehlo(&self.cfg.hostname, &client, self.cfg.max_message_bytes)
+                    let pipelining = self.offers_pipelining();
+                    reply::ehlo(
+                        &self.cfg.hostname,
+                        &client,
+                        self.cfg.max_message_bytes,
+                        pipelining,
+                    )
                 } else {
                     reply::helo(&self.cfg.hostname, &client)
                 };
@@ -1117,6 +1453,21 @@ impl Session {
                 self.arm(WaitPhase::Rcpt, now);
             }
             Pending::Data => {
+                if self.stuffed("DATA") {
+                    match self.cfg.actions.stuffing {
+                        Action::Enforce => {
+                            // Sendmail 8.18: no 354, and the connection is closed.
+                            self.send(&reply::protocol_error());
+                            self.close();
+                            return;
+                        }
+                        Action::Drop => {
+                            self.close();
+                            return;
+                        }
+                        Action::Ignore => {}
+                    }
+                }
                 self.send(&reply::start_data());
                 let receiver =
                     DataReceiver::new(self.cfg.max_message_bytes, self.cfg.bare_line_endings);
@@ -1187,6 +1538,10 @@ impl Session {
 
     fn note(&mut self, note: Note) {
         self.events.push_back(Event::Note(note));
+    }
+
+    fn finding(&mut self, finding: Finding, action: Action) {
+        self.note(Note::Defence { finding, action });
     }
 
     fn close(&mut self) {

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_smtp::{
-    Ask, BareLineEndings, ClientInfo, CommandDelay, CommitError, Event, Message, Note, RcptFlood,
-    ReversePath, Session, SessionConfig, Verdict, WaitPhase, received_header, reply,
+    Action, Ask, BareLineEndings, ClientFeatures, ClientInfo, CommandDelay, CommitError, Event,
+    Finding, Message, Note, RcptFlood, ReversePath, Session, SessionConfig, Verdict, WaitPhase,
+    received_header, reply,
 };
 
 struct Harness {
@@ -46,6 +47,14 @@ fn harness_with(cfg: SessionConfig, addr: IpAddr) -> Harness {
     let mut h = Harness::around(session, now);
     h.pump();
     h
+}
+
+/// The note of a finding acted on with `enforce`.
+fn enforced(finding: Finding) -> Note {
+    Note::Defence {
+        finding,
+        action: Action::Enforce,
+    }
 }
 
 fn harness() -> Harness {
@@ -270,7 +279,7 @@ fn verdict_close_ends_the_session() {
         ))
     });
     assert_eq!(
-        h.send(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n"),
+        h.send(b"EHLO x\r\n"),
         "421 4.7.0 mx.example.test go away\r\n"
     );
     assert!(h.session.is_closed());
@@ -281,26 +290,36 @@ fn verdict_close_ends_the_session() {
 fn pipelined_group_is_answered_in_order_in_one_output() {
     let mut h = harness();
     h.ehlo();
+    // RFC 2920: DATA ends a group; the client waits for the 354 before the text.
     let r = h.send(
-        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@localhost>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n\
-          Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@localhost>\r\nRCPT TO:<b@localhost>\r\nDATA\r\n",
     );
     assert_eq!(
         r,
         "250 2.1.0 <alice@example.org>... Sender ok\r\n\
          250 2.1.5 <a@localhost>... Recipient ok\r\n\
          250 2.1.5 <b@localhost>... Recipient ok\r\n\
-         354 End data with <CR><LF>.<CR><LF>\r\n\
-         250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    assert_eq!(
+        h.send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n"),
+        "250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n\
          221 2.0.0 mx.example.test closing connection\r\n"
     );
+    assert!(h.notes.is_empty(), "{:?}", h.notes);
     assert_eq!(h.committed[0].data, b"Subject: x\r\n\r\nbody\r\n");
 }
 
 #[test]
 fn input_split_at_every_byte_gives_the_same_dialogue() {
     let script: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nhi\r\n..\r\n.\r\nQUIT\r\n";
+    // In one write the EHLO and DATA are stuffed: this client is exempt (`Srv_Features: F`).
+    let lax = ClientFeatures {
+        lax_pipelining: true,
+        ..ClientFeatures::default()
+    };
     let mut whole = harness();
+    whole.session.set_features(lax);
     whole.send(script);
     // One byte at a time, as a slow client would.
     let mut bytewise = harness();
@@ -334,13 +353,13 @@ fn storage_failure_is_452_and_nothing_is_acknowledged() {
     let mut h = harness();
     h.commit = Err(CommitError::Storage);
     h.ehlo();
-    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
     assert!(
-        r.ends_with(
-            "354 End data with <CR><LF>.<CR><LF>\r\n452 4.3.1 Insufficient system storage\r\n"
-        ),
+        r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
         "{r}"
     );
+    let r = h.send(b"x\r\n.\r\n");
+    assert_eq!(r, "452 4.3.1 Insufficient system storage\r\n");
     assert!(!r.contains("Message accepted"));
     assert_eq!(h.session.stats().messages, 0);
 }
@@ -410,7 +429,8 @@ fn bare_lf_normalized_when_configured() {
     let mut cfg = config();
     cfg.bare_line_endings = BareLineEndings::Normalize;
     let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
     assert!(h.send(b"a\nb\r\n.\r\n").starts_with("250 2.0.0"));
     assert_eq!(h.committed[0].data, b"a\r\nb\r\n");
 }
@@ -446,13 +466,14 @@ fn twenty_sixth_unknown_command_closes_with_421() {
         "421 4.7.0 mx.example.test Too many bad commands; closing connection\r\n"
     );
     assert!(h.session.is_closed());
-    assert!(h.notes.contains(&Note::TooManyBadCommands));
+    assert!(h.notes.contains(&enforced(Finding::TooManyBadCommands)));
 }
 
 #[test]
 fn nul_bytes_and_garbage_never_break_the_session() {
     let mut h = harness();
-    let r = h.send(b"\x00\x00\xff\xfe\r\nEHLO \x00\r\nMAIL FROM:<\x00@x>\r\n");
+    let mut r = h.send(b"\x00\x00\xff\xfe\r\nEHLO \x00\r\n");
+    r += &h.send(b"MAIL FROM:<\x00@x>\r\n");
     assert_eq!(
         r,
         "500 5.5.1 Command unrecognized: \"\\x00\\x00\\xff\\xfe\"\r\n501 5.5.4 Invalid domain name\r\n501 5.1.7 Bad sender address syntax\r\n"
@@ -496,7 +517,8 @@ fn data_timeout_sends_421_4_4_1() {
     cfg.timeouts.datablock = Duration::from_secs(5);
     cfg.timeouts.datainit = Duration::from_secs(7);
     let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
     assert_eq!(
         h.advance(Duration::from_secs(6)),
         "",
@@ -516,7 +538,9 @@ fn data_timeout_sends_421_4_4_1() {
 fn commit_timeout_answers_451() {
     let mut h = harness();
     h.hold_commits = true;
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    h.send(b"x\r\n.\r\n");
     assert_eq!(
         h.advance(Duration::from_secs(600)),
         "451 4.3.0 Temporary system failure. Please try again later.\r\n"
@@ -541,7 +565,9 @@ fn shutdown_idle_session_gets_421() {
 #[test]
 fn shutdown_during_data_lets_the_message_finish() {
     let mut h = harness();
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\npart\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    h.send(b"part\r\n");
     h.session.shutdown();
     assert_eq!(h.pump(), "");
     assert_eq!(
@@ -554,7 +580,9 @@ fn shutdown_during_data_lets_the_message_finish() {
 #[test]
 fn eof_in_data_loses_nothing_acknowledged() {
     let mut h = harness();
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\npart\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\n");
+    h.send(b"part\r\n");
     h.session.handle_eof(h.now);
     h.pump();
     assert!(h.committed.is_empty());
@@ -566,7 +594,8 @@ fn recipient_hard_cap() {
     let mut cfg = config();
     cfg.max_recipients = 2;
     let mut h = harness_with(cfg, IpAddr::V4(Ipv4Addr::LOCALHOST));
-    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n");
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\n");
     h.send(b"RCPT TO:<a@localhost>\r\nRCPT TO:<b@localhost>\r\n");
     assert_eq!(
         h.send(b"RCPT TO:<c@localhost>\r\n"),
@@ -733,8 +762,8 @@ fn rejecting_mode_answers_like_sendmails_null_server() {
 fn rejecting_mode_closes_on_the_26th_refusal() {
     let mut h = rejecting();
     for n in 1..=25 {
-        // Unknown commands and NOOPs in between do not count.
-        h.send(b"NOOP\r\n");
+        // Unknown commands and RSETs in between do not count.
+        h.send(b"RSET\r\n");
         h.send(b"XYZZY\r\n");
         assert_eq!(
             h.send(b"MAIL FROM:<a@b.example>\r\n"),
@@ -747,17 +776,50 @@ fn rejecting_mode_closes_on_the_26th_refusal() {
         "421 4.7.0 mx.example.test Too many bad commands; closing connection\r\n"
     );
     assert!(h.session.is_closed());
-    assert!(h.notes.contains(&Note::TooManyBadCommands));
+    assert!(h.notes.contains(&enforced(Finding::TooManyBadCommands)));
 }
 
 #[test]
 fn rejecting_mode_answers_a_slammed_session_line_by_line() {
     // The seeds' netcat slam, written in one go: the body lines become unknown commands.
+    // Sendmail 8.18 refuses the stuffed HELO too (reference section a, "slamming client").
+    let slam: &[u8] = b"HELO client.example.org\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<root@mx.example.test>\r\n\
+          DATA\r\nSubject: t\r\n\r\nhello\r\n.\r\nQUIT\r\n";
+    let rest = "550 5.0.0 Command rejected\r\n\
+         550 5.0.0 Command rejected\r\n\
+         550 5.0.0 Command rejected\r\n\
+         500 5.5.1 Command unrecognized: \"Subject: t\"\r\n\
+         500 5.5.1 Command unrecognized: \"\"\r\n\
+         500 5.5.1 Command unrecognized: \"hello\"\r\n\
+         500 5.5.1 Command unrecognized: \".\"\r\n\
+         221 2.0.0 mx.example.test closing connection\r\n";
     let mut h = rejecting();
-    let out = h.send(
-        b"HELO client.example.org\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<root@mx.example.test>\r\n\
-          DATA\r\nSubject: t\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    assert_eq!(
+        h.send(slam),
+        format!("554 5.5.0 SMTP protocol error\r\n{rest}")
     );
+    let Note::Defence {
+        finding: Finding::Stuffing { command, next },
+        action: Action::Enforce,
+    } = &h.notes[0]
+    else {
+        panic!("{:?}", h.notes)
+    };
+    assert_eq!(
+        (*command, next.as_str()),
+        (
+            "HELO",
+            "MAIL FROM:<alice@example.org>\\x0d\\x0aRCPT TO:<..."
+        )
+    );
+    // With `Srv_Features: F`, the classic 8.13-8.17 answers: the HELO is greeted.
+    let mut h = rejecting();
+    h.session.set_features(ClientFeatures {
+        lax_pipelining: true,
+        ..ClientFeatures::default()
+    });
+    let out = h.send(slam);
+    assert!(h.notes.is_empty(), "{:?}", h.notes);
     assert_eq!(
         out,
         "250 mx.example.test Hello localhost [127.0.0.1], pleased to meet you\r\n\
@@ -901,7 +963,7 @@ fn max_recipients_per_message_counts_accepted_recipients_only() {
         h.send(b"RCPT TO:<r4@localhost>\r\n"),
         "452 4.5.3 Too many recipients\r\n"
     );
-    assert_eq!(h.notes, vec![Note::TooManyRecipients]);
+    assert_eq!(h.notes, vec![enforced(Finding::TooManyRecipients)]);
     h.send(b"DATA\r\n");
     assert!(h.send(b"x\r\n.\r\n").starts_with("250 2.0.0"));
     assert_eq!(
@@ -925,7 +987,10 @@ fn bad_rcpt_throttle_delays_every_later_rcpt_of_the_transaction() {
     assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
     assert!(h.send(b"RCPT TO:<bad2@localhost>\r\n").starts_with("550"));
     assert_eq!(h.send(b"RCPT TO:<bad3@localhost>\r\n"), "");
-    assert_eq!(h.notes, vec![Note::RcptFlood(RcptFlood::Throttling)]);
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::RcptFlood(RcptFlood::Throttling))]
+    );
     assert_eq!(h.advance(Duration::from_millis(999)), "");
     assert!(h.advance(Duration::from_millis(1)).starts_with("550"));
     assert_eq!(h.send(b"RCPT TO:<good@localhost>\r\n"), "");
@@ -975,5 +1040,326 @@ fn bad_rcpt_shutdown_closes_after_that_many_bad_recipients_in_the_session() {
         "421 4.7.0 mx.example.test Too many bad recipients; closing connection\r\n"
     );
     assert!(h.session.is_closed());
-    assert_eq!(h.notes, vec![Note::RcptFlood(RcptFlood::ShuttingDown)]);
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::RcptFlood(RcptFlood::ShuttingDown))]
+    );
+}
+
+/// A config with every session defence set to `action`.
+fn with_actions(action: Action) -> SessionConfig {
+    let mut cfg = config();
+    cfg.actions = portcullis_smtp::DefenceActions {
+        open_proxy: action,
+        max_recipients: action,
+        bad_rcpt: action,
+        stuffing: action,
+        pipelining: action,
+        command_abuse: action,
+    };
+    cfg
+}
+
+fn client() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+}
+
+#[test]
+fn stuffing_after_ehlo_refuses_it_and_rejects_commands() {
+    // Reference section j: `EHLO`+`MAIL` in one write.
+    let mut h = harness();
+    assert_eq!(
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n"),
+        "554 5.5.0 SMTP protocol error\r\n550 5.0.0 Command rejected\r\n"
+    );
+    assert!(h.session.is_rejecting());
+    assert_eq!(
+        h.send(b"QUIT\r\n"),
+        "221 2.0.0 mx.example.test closing connection\r\n"
+    );
+    assert!(h.asks.is_empty(), "nothing asked of policy: {:?}", h.asks);
+}
+
+#[test]
+fn stuffing_after_data_is_refused_and_closed_before_354() {
+    // Reference section j: data after DATA before the 354 -> 554, close, no 221.
+    let mut h = harness();
+    h.ehlo();
+    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nSubject: x\r\n");
+    assert_eq!(
+        r,
+        "250 2.1.0 <a@b.c>... Sender ok\r\n250 2.1.5 <d@localhost>... Recipient ok\r\n\
+         554 5.5.0 SMTP protocol error\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert!(h.committed.is_empty());
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::Stuffing {
+            command: "DATA",
+            next: "Subject: x\\x0d\\x0a".into()
+        })]
+    );
+}
+
+#[test]
+fn stuffing_actions_drop_and_ignore() {
+    let mut h = harness_with(with_actions(Action::Drop), client());
+    assert_eq!(h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n"), "");
+    assert!(h.session.is_closed());
+    let mut h = harness_with(with_actions(Action::Ignore), client());
+    let r = h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n");
+    assert!(r.starts_with("250-mx.example.test"), "{r}");
+    assert!(r.ends_with("250 2.1.0 <a@b.c>... Sender ok\r\n"), "{r}");
+    assert!(matches!(
+        h.notes[..],
+        [Note::Defence {
+            finding: Finding::Stuffing {
+                command: "EHLO",
+                ..
+            },
+            action: Action::Ignore
+        }]
+    ));
+}
+
+#[test]
+fn pipelining_off_is_not_advertised_and_enforced() {
+    let mut cfg = config();
+    cfg.pipelining = false;
+    let mut h = harness_with(cfg, client());
+    let r = h.send(b"EHLO c\r\n");
+    assert!(!r.contains("PIPELINING"), "{r}");
+    assert!(r.contains("250-8BITMIME"), "{r}");
+    // One command at a time is fine.
+    assert!(h.send(b"MAIL FROM:<a@b.c>\r\n").starts_with("250"));
+    // Two at once: the first gets 554 and the connection closes.
+    assert_eq!(
+        h.send(b"RCPT TO:<d@localhost>\r\nRCPT TO:<e@localhost>\r\n"),
+        "554 5.5.0 SMTP protocol synchronization error\r\n"
+    );
+    assert!(h.session.is_closed());
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::Unsynchronized {
+            command: "RCPT",
+            next: "RCPT TO:<e@localhost>\\x0d\\x0a".into()
+        })]
+    );
+}
+
+#[test]
+fn pipelining_off_covers_the_end_of_data() {
+    let mut cfg = config();
+    cfg.pipelining = false;
+    let mut h = harness_with(cfg, client());
+    h.send(b"EHLO c\r\n");
+    h.send(b"MAIL FROM:<a@b.c>\r\n");
+    h.send(b"RCPT TO:<d@localhost>\r\n");
+    assert!(h.send(b"DATA\r\n").starts_with("354"));
+    // QUIT before the 250: refused, and the message is not taken (no 250 was given).
+    assert_eq!(
+        h.send(b"x\r\n.\r\nQUIT\r\n"),
+        "554 5.5.0 SMTP protocol synchronization error\r\n"
+    );
+    assert!(h.committed.is_empty());
+}
+
+#[test]
+fn pipelining_off_actions_drop_and_ignore() {
+    let mut cfg = with_actions(Action::Drop);
+    cfg.pipelining = false;
+    let mut h = harness_with(cfg, client());
+    h.send(b"EHLO c\r\n");
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\n"),
+        ""
+    );
+    assert!(h.session.is_closed());
+
+    let mut cfg = with_actions(Action::Ignore);
+    cfg.pipelining = false;
+    let mut h = harness_with(cfg, client());
+    h.send(b"EHLO c\r\n");
+    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nRCPT TO:<e@localhost>\r\n");
+    assert_eq!(r.matches("250 ").count(), 3, "{r}");
+    let unsynchronized = h
+        .notes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n,
+                Note::Defence {
+                    finding: Finding::Unsynchronized { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(unsynchronized, 1, "noted once per session: {:?}", h.notes);
+}
+
+#[test]
+fn srv_features_p_hides_pipelining_and_f_exempts() {
+    let mut h = harness();
+    h.session.set_features(ClientFeatures::parse("P"));
+    let r = h.send(b"EHLO c\r\n");
+    assert!(!r.contains("PIPELINING"), "{r}");
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\n"),
+        "554 5.5.0 SMTP protocol synchronization error\r\n"
+    );
+    // `F` exempts from both checks, even with PIPELINING hidden.
+    let mut h = harness();
+    h.session.set_features(ClientFeatures::parse("PF"));
+    let r = h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(!r.contains("PIPELINING"), "{r}");
+    assert!(
+        r.ends_with("250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n"),
+        "{r}"
+    );
+    assert!(h.notes.is_empty(), "{:?}", h.notes);
+    // Lower-case letters are other features (Sendmail: the opposite meaning).
+    assert_eq!(ClientFeatures::parse("pf"), ClientFeatures::default());
+}
+
+#[test]
+fn helo_flood_doubles_the_delay_from_the_third() {
+    // Reference "checksmtpattack": 6 EHLOs answered at +0, +0, +1, +3, +7, +15.
+    let mut h = harness();
+    let mut answered = Vec::new();
+    let start = h.now;
+    for _ in 0..6 {
+        let mut r = h.send(b"EHLO c\r\n");
+        while r.is_empty() {
+            r = h.advance(Duration::from_millis(500));
+        }
+        answered.push((h.now - start).as_millis());
+    }
+    assert_eq!(answered, vec![0, 0, 1000, 3000, 7000, 15000]);
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::CommandFlood {
+            command: "HELO/EHLO",
+            count: 3
+        })]
+    );
+}
+
+#[test]
+fn noop_flood_is_delayed_from_the_limit_within_the_budget() {
+    let mut cfg = config();
+    cfg.max_noop_commands = 2;
+    cfg.delay_budget = Duration::from_secs(3);
+    let mut h = harness_with(cfg, client());
+    assert_eq!(h.send(b"NOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert_eq!(h.send(b"NOOP\r\n"), "");
+    assert_eq!(h.advance(Duration::from_secs(1)), "250 2.0.0 OK\r\n");
+    assert_eq!(h.send(b"NOOP\r\n"), "");
+    assert_eq!(h.advance(Duration::from_secs(2)), "250 2.0.0 OK\r\n");
+    // 1 + 2 s spent; the next would wait 4 s: past the 3 s budget.
+    assert_eq!(
+        h.send(b"NOOP\r\n"),
+        "421 4.3.2 mx.example.test Too busy; please try again later\r\n"
+    );
+    // VRFY has a counter of its own (6), untouched by the NOOPs.
+    let mut h = harness();
+    for _ in 0..5 {
+        assert!(h.send(b"VRFY x\r\n").starts_with("252"));
+    }
+    assert_eq!(h.send(b"VRFY x\r\n"), "");
+    assert_eq!(
+        h.notes,
+        vec![enforced(Finding::CommandFlood {
+            command: "VRFY/EXPN",
+            count: 6
+        })]
+    );
+}
+
+#[test]
+fn command_abuse_actions_drop_and_ignore() {
+    let mut h = harness_with(with_actions(Action::Drop), client());
+    h.send(b"EHLO c\r\n");
+    h.send(b"EHLO c\r\n");
+    assert_eq!(h.send(b"EHLO c\r\n"), "");
+    assert!(h.session.is_closed());
+    let mut h = harness_with(with_actions(Action::Ignore), client());
+    for _ in 0..5 {
+        assert!(h.send(b"EHLO c\r\n").starts_with("250-"));
+    }
+    for _ in 0..30 {
+        assert!(h.send(b"XYZZY\r\n").starts_with("500"));
+    }
+    assert_eq!(h.notes.len(), 2, "{:?}", h.notes);
+    assert_eq!(h.session.stats().delayed, Duration::ZERO);
+}
+
+#[test]
+fn open_proxy_actions_drop_and_ignore() {
+    let mut h = harness_with(with_actions(Action::Drop), client());
+    assert_eq!(h.send(b"GET / HTTP/1.0\r\n"), "");
+    assert!(h.session.is_closed());
+    let mut h = harness_with(with_actions(Action::Ignore), client());
+    assert_eq!(
+        h.send(b"GET / HTTP/1.0\r\n"),
+        "500 5.5.1 Command unrecognized: \"GET / HTTP/1.0\"\r\n"
+    );
+    assert_eq!(
+        h.notes,
+        vec![Note::Defence {
+            finding: Finding::OpenProxy {
+                command: "GET / HTTP/1.0".into()
+            },
+            action: Action::Ignore
+        }]
+    );
+}
+
+#[test]
+fn recipient_defences_drop_and_ignore() {
+    let mut cfg = with_actions(Action::Ignore);
+    cfg.max_recipients_per_message = 1;
+    cfg.bad_rcpt_throttle = 1;
+    cfg.bad_rcpt_shutdown = 2;
+    let mut h = harness_with(cfg, client());
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    assert!(h.send(b"RCPT TO:<bad2@localhost>\r\n").starts_with("550"));
+    assert!(h.send(b"RCPT TO:<r1@localhost>\r\n").starts_with("250"));
+    // Past the limit of 1, past the throttle and the shutdown: all answered at once.
+    assert!(h.send(b"RCPT TO:<r2@localhost>\r\n").starts_with("250"));
+    assert!(h.send(b"RCPT TO:<r3@localhost>\r\n").starts_with("250"));
+    assert_eq!(h.session.stats().delayed, Duration::ZERO);
+    let findings: Vec<_> = h
+        .notes
+        .iter()
+        .map(|n| match n {
+            Note::Defence {
+                finding,
+                action: Action::Ignore,
+            } => finding.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        findings,
+        vec![
+            Finding::RcptFlood(RcptFlood::Throttling),
+            Finding::RcptFlood(RcptFlood::ShuttingDown),
+            Finding::TooManyRecipients,
+            Finding::TooManyRecipients,
+        ]
+    );
+
+    let mut cfg = with_actions(Action::Drop);
+    cfg.max_recipients_per_message = 1;
+    let mut h = harness_with(cfg, client());
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<r1@localhost>\r\n").starts_with("250"));
+    assert_eq!(h.send(b"RCPT TO:<r2@localhost>\r\n"), "");
+    assert!(h.session.is_closed());
 }

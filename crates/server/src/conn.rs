@@ -20,10 +20,12 @@ use std::time::Instant;
 
 use portcullis_config::Action;
 use portcullis_policy::Tag;
+use portcullis_policy::checks::{self, Outcome, RcptStep, SessionChecks};
+use portcullis_policy::recipients::RecipientVerdict;
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
     Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Finding,
-    Message, Note, Session, Verdict, received_header, reply,
+    Message, Note, Session, SessionConfig, Verdict, received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -99,6 +101,7 @@ where
         quiet_end: false,
         log_id: None,
         delay_trigger: None,
+        checks: SessionChecks::default(),
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
@@ -168,6 +171,15 @@ async fn early_input<S: AsyncRead + Unpin>(
     1 + more.map_or(0, |r| r.unwrap_or(0))
 }
 
+/// The configuration's `[smtp] delay_checks` as the checks read it.
+fn delay_checks(mode: portcullis_config::DelayChecks) -> checks::DelayChecks {
+    match mode {
+        portcullis_config::DelayChecks::Off => checks::DelayChecks::Off,
+        portcullis_config::DelayChecks::Friend => checks::DelayChecks::Friend,
+        portcullis_config::DelayChecks::Hater => checks::DelayChecks::Hater,
+    }
+}
+
 /// Grows the buffer while reads fill it, shrinks it back once they do not.
 fn resize_read_buffer(buf: &mut Vec<u8>, used: usize) {
     if used == buf.len() && buf.len() < MAX_READ {
@@ -206,6 +218,8 @@ struct Driver {
     log_id: Option<String>,
     /// The `delay_*` threshold the session's command delay was made for (None: no delay).
     delay_trigger: Option<(&'static str, u64, u64)>,
+    /// The access-map checks of this session (`Connect:`, `From:`, `To:`, `delay_checks`).
+    checks: SessionChecks,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -241,11 +255,15 @@ impl Driver {
         let session = match admitted.opening {
             Opening::Dropped => return None,
             Opening::Greet { .. } => {
-                let mut session = Session::new(cfg, client, &date, now);
-                if let Some(refusal) = admitted.restrict {
-                    // Sendmail's null-server mode for a client over its limit.
+                let mut session = if let Some(refusal) = admitted.restrict {
+                    // Sendmail's null-server mode for a client over its limit (its
+                    // check_relay ends there: the Connect: entry is not consulted).
+                    let mut session = Session::new(cfg, client, &date, now);
                     session.reject_commands(refusal.reply(false));
-                }
+                    session
+                } else {
+                    self.connect_check(cfg, client, &date, now)?
+                };
                 feed(&mut session);
                 session
             }
@@ -287,7 +305,7 @@ impl Driver {
                         session
                     }
                     Action::Ignore => {
-                        let mut session = Session::new(cfg, client, &date, now);
+                        let mut session = self.connect_check(cfg, client, &date, now)?;
                         feed(&mut session);
                         session
                     }
@@ -295,6 +313,100 @@ impl Driver {
             }
         };
         Some(session)
+    }
+
+    /// The `Connect:` check (Sendmail's check_relay) for a client about to be greeted: the
+    /// session it gets. None: dropped (`[access] action = "drop"`).
+    fn connect_check(
+        &mut self,
+        cfg: Arc<SessionConfig>,
+        client: ClientInfo,
+        date: &str,
+        now: Instant,
+    ) -> Option<Session> {
+        let mode = delay_checks(self.rt.config.smtp.delay_checks);
+        let (state, finding) =
+            SessionChecks::connect(&self.rt.access, mode, client.name.as_deref(), client.addr);
+        self.checks = state;
+        let Some(finding) = finding else {
+            return Some(Session::new(cfg, client, date, now));
+        };
+        let action = self.access_finding(None, &finding);
+        match (action, &finding.outcome) {
+            (Action::Drop, _) => {
+                self.quiet_end = true;
+                None
+            }
+            (Action::Enforce, Outcome::Reject(r)) if r.closes() => {
+                // `ERROR:"421 ..."`: in place of the greeting, then close.
+                self.quiet_end = true;
+                let mut session = Session::with_greeting(cfg, client, r, now);
+                session.close_now();
+                Some(session)
+            }
+            (Action::Enforce, Outcome::Reject(r)) => {
+                let mut session = Session::new(cfg, client, date, now);
+                session.reject_commands(r.clone());
+                Some(session)
+            }
+            _ => Some(Session::new(cfg, client, date, now)),
+        }
+    }
+
+    /// Logs an access finding that refuses or discards (Sendmail logs nothing for OK and
+    /// RELAY), applies a discard when enforced, and returns the action to take.
+    fn access_finding(&mut self, qid: Option<&str>, finding: &checks::Finding) -> Action {
+        let action = self.rt.config.access.action;
+        if matches!(finding.outcome, Outcome::Accept | Outcome::Relay) {
+            return Action::Enforce;
+        }
+        let text = finding.log_text(&self.relay);
+        let entry = format!("{}:{}", self.rt.access.source(), finding.line);
+        self.shared.telemetry.emit(Event::AccessCheck {
+            qid,
+            text: &text,
+            action,
+            entry: &entry,
+        });
+        if action == Action::Enforce {
+            self.checks.apply(finding);
+        }
+        action
+    }
+
+    /// The access checks' verdict on MAIL or RCPT, when an entry decides; None: ask policy.
+    fn access_verdict(&mut self, session: &Session, ask: &Ask) -> Option<Verdict> {
+        let finding = match ask {
+            Ask::Mail { sender, .. } => {
+                self.checks.end_transaction();
+                self.checks.mail(&self.rt.access, sender)?
+            }
+            Ask::Rcpt { recipient, .. } => match self.checks.rcpt(&self.rt.access, recipient) {
+                RcptStep::Check => return None,
+                RcptStep::AcceptUnchecked => return Some(self.unchecked(recipient)),
+                RcptStep::Act(finding) => finding,
+            },
+            Ask::Helo { .. } | Ask::Data => return None,
+        };
+        let qid = self.log_id(session);
+        match (self.access_finding(Some(&qid), &finding), finding.outcome) {
+            (Action::Drop, _) => Some(Verdict::Drop),
+            (Action::Enforce, Outcome::Reject(r)) => Some(Verdict::Reject(r)),
+            (Action::Enforce, Outcome::Discard) => match ask {
+                Ask::Rcpt { recipient, .. } => Some(self.unchecked(recipient)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A recipient of a transaction being discarded: accepted without the user lookup, as
+    /// Sendmail does; relaying is still refused.
+    fn unchecked(&self, recipient: &portcullis_smtp::ReversePath) -> Verdict {
+        match self.rt.policy.recipients.classify(recipient) {
+            RecipientVerdict::RelayDenied => self.rt.policy.recipients.check_rcpt(recipient),
+            _ => Verdict::Accept,
+        }
     }
 
     /// DelayLA: 1 s before each command while a `delay_*` threshold of `[load]` is reached.
@@ -358,7 +470,10 @@ impl Driver {
     }
 
     fn answer(&mut self, session: &mut Session, ask: &Ask) {
-        let verdict = self.rt.policy.decide(ask);
+        let verdict = match self.access_verdict(session, ask) {
+            Some(v) => v,
+            None => self.rt.policy.decide(ask),
+        };
         if matches!(ask, Ask::Mail { .. }) && verdict == Verdict::Accept {
             session.set_queue_id(self.shared.ids.next(clock::unix_secs()).as_str());
         }
@@ -372,6 +487,23 @@ impl Driver {
             session.commit_done(Err(CommitError::Failed), clock::now());
             return;
         };
+        if self.checks.discarding() {
+            // A DISCARD entry: the client is told the message was accepted; it is not kept.
+            self.shared.telemetry.emit(Event::MessageAccepted {
+                qid: id.as_str(),
+                from: &message.sender,
+                size: message.data.len(),
+                nrcpts: message.recipients.len(),
+                msgid: portcullis_smtp::data::message_id(&message.data).as_deref(),
+                proto: message.protocol,
+                relay: &self.relay,
+            });
+            self.shared
+                .telemetry
+                .emit(Event::Discarded { qid: id.as_str() });
+            session.commit_done(Ok(()), clock::now());
+            return;
+        }
         let client = session.client();
         let date = clock::rfc5322(clock::wall());
         let header = received_header(

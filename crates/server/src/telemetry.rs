@@ -220,6 +220,19 @@ pub enum Event<'a> {
         spent: std::time::Duration,
         budget: std::time::Duration,
     },
+    /// An access-map entry (`Connect:`, `From:`, `To:`, delayed by `delay_checks`) decided:
+    /// Sendmail's `ruleset=check_relay, arg1=..., relay=..., reject=...` line (`text`), or
+    /// with `ignore` the same after `ignored (access.action = ignore):`.
+    AccessCheck {
+        qid: Option<&'a str>,
+        text: &'a str,
+        action: Action,
+        /// `file:line` of the entry.
+        entry: &'a str,
+    },
+    /// A message accepted from a `DISCARD` client, sender or recipient was thrown away
+    /// (Sendmail's `<qid>: discarded`).
+    Discarded { qid: &'a str },
     /// One of the session's own defences found something (open proxy, recipient limits,
     /// stuffing, pipelining, command abuse) and applied `action`. Worded as Sendmail logs
     /// it; with `ignore` the line starts `ignored (<key> = ignore):`, so filters written for
@@ -597,6 +610,24 @@ impl Event<'_> {
                     budget.as_secs()
                 ),
             ),
+            Self::AccessCheck {
+                qid,
+                text,
+                action,
+                entry,
+            } => r(
+                "access_check",
+                Notice,
+                qid,
+                match action {
+                    Action::Ignore => format!("ignored (access.action = ignore): {text}"),
+                    _ => text.to_owned(),
+                },
+            )
+            .with("action", action.name())
+            .with("access_entry", entry)
+            .with_detail_line(),
+            Self::Discarded { qid } => r("access_discarded", Notice, Some(qid), "discarded".to_owned()),
             Self::SessionDefence {
                 qid,
                 relay,

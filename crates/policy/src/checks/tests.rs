@@ -1,4 +1,3 @@
-
 use std::net::IpAddr;
 
 use portcullis_smtp::address::parse_path;

@@ -643,7 +643,9 @@ impl Event<'_> {
                     .with("relay", relay)
                     .with("action", action.name());
                 match finding {
-                    Finding::Stuffing { next, .. } => record.with("next_input", next),
+                    Finding::Stuffing { next, .. } => {
+                        record.with("next_input", next).with_detail_line()
+                    }
                     _ => record,
                 }
             }

@@ -101,8 +101,8 @@ const STUFFED_SLAM_REPLIES: [&str; 9] = [
     "221 2.0.0 mx.example.test closing connection",
 ];
 
-/// Asserts the classic (Sendmail 8.13-8.17) answers to the slam from `ip`; returns nothing
-/// but checks every line, the acceptance included.
+/// Asserts the classic (Sendmail 8.13-8.17) answers to the slam from `ip`, line by line,
+/// the acceptance included.
 fn assert_classic_slam_replies(lines: &[String], ip: &str) {
     let want_prefixes = [
         format!("250 {HOSTNAME} Hello [{ip}], pleased to meet you"),

@@ -381,19 +381,28 @@ impl Driver {
                 self.checks.end_transaction();
                 self.checks.mail(&self.rt.access, sender)?
             }
-            Ask::Rcpt { recipient, .. } => match self.checks.rcpt(&self.rt.access, recipient) {
-                RcptStep::Check => return None,
-                RcptStep::AcceptUnchecked => return Some(self.unchecked(recipient)),
-                RcptStep::Act(finding) => finding,
-            },
+            Ask::Rcpt { recipient, .. } => {
+                // Sendmail's check_rcpt tests relaying before the held delay_checks results.
+                let relay_denied = matches!(
+                    self.rt.policy.recipients.classify(recipient),
+                    RecipientVerdict::RelayDenied
+                );
+                match self.checks.rcpt(&self.rt.access, recipient, relay_denied) {
+                    RcptStep::Check => return None,
+                    RcptStep::AcceptUnchecked => return Some(self.unchecked(recipient)),
+                    RcptStep::Act(finding) => finding,
+                }
+            }
             Ask::Helo { .. } | Ask::Data => return None,
         };
         let qid = self.log_id(session);
         match (self.access_finding(Some(&qid), &finding), finding.outcome) {
             (Action::Drop, _) => Some(Verdict::Drop),
             (Action::Enforce, Outcome::Reject(r)) => Some(Verdict::Reject(r)),
+            // A DISCARD recipient is accepted as it is (Sendmail's `$#discard` comes before
+            // its relay test); the transaction is thrown away.
             (Action::Enforce, Outcome::Discard) => match ask {
-                Ask::Rcpt { recipient, .. } => Some(self.unchecked(recipient)),
+                Ask::Rcpt { .. } => Some(Verdict::Accept),
                 _ => None,
             },
             _ => None,
@@ -445,8 +454,10 @@ impl Driver {
             .clone()
     }
 
-    fn log_pregreet(&self, pregreet: &Pregreet, action: Action, entry: Option<&str>) {
+    fn log_pregreet(&mut self, pregreet: &Pregreet, action: Action, entry: Option<&str>) {
         let qid = self.shared.ids.next(clock::unix_secs());
+        // Sendmail's later lines about the session (a stuffed HELO) carry the same id.
+        self.log_id = Some(qid.as_str().to_owned());
         self.shared.telemetry.emit(Event::Pregreet {
             qid: qid.as_str(),
             relay: &self.relay,
@@ -611,16 +622,15 @@ impl Driver {
     fn record_finding(&mut self, session: &Session, finding: &Finding, action: Action) {
         let qid = match finding {
             Finding::TooManyBadCommands | Finding::Unsynchronized { .. } => None,
-            Finding::Stuffing { .. } => session.queue_id().map(str::to_owned),
             _ => Some(self.log_id(session)),
         };
-        if action != Action::Ignore
-            && matches!(
-                finding,
-                Finding::OpenProxy { .. } | Finding::Stuffing { .. }
-            )
-        {
-            // The session ends in rejection, or in the rejecting mode: no "did not issue MAIL".
+        let rejected = matches!(
+            finding,
+            Finding::OpenProxy { .. } | Finding::Stuffing { .. }
+        );
+        if action == Action::Drop || (action == Action::Enforce && rejected) {
+            // Dropped without a word, or ended in rejection or the rejecting mode: no "did
+            // not issue MAIL" line after this one.
             self.quiet_end = true;
         }
         self.shared.telemetry.emit(Event::SessionDefence {

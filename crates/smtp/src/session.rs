@@ -384,7 +384,7 @@ pub enum Finding {
     /// PIPELINING is not offered to this client and it sent input before a reply: `554
     /// 5.5.0 SMTP protocol synchronization error`.
     Unsynchronized {
-        /// The command whose reply was not awaited (`end of DATA` after the final dot).
+        /// The command whose reply was not awaited (`END-OF-MESSAGE` after the final dot).
         command: &'static str,
         /// The start of the input that came too early, printable.
         next: String,
@@ -902,7 +902,8 @@ impl Session {
                         Some(used) => {
                             self.input.drain(..used);
                             // A client that must wait for each reply waits for this one too.
-                            self.out_of_sync("end of DATA");
+                            // Postfix's name for it, one token for log filters.
+                            self.out_of_sync("END-OF-MESSAGE");
                             if self.is_closed() {
                                 break;
                             }
@@ -979,8 +980,9 @@ impl Session {
             }
         }
         let verb = command::verb_name(line);
-        if self.rejecting.is_none() && self.out_of_sync(verb) {
-            return !self.is_closed();
+        // Out of sync with `ignore`: noted, and the stuffing check below still applies.
+        if self.rejecting.is_none() && self.out_of_sync(verb) && self.is_closed() {
+            return false;
         }
         if matches!(verb, "HELO" | "EHLO") && self.stuffed(verb) {
             match self.cfg.actions.stuffing {
@@ -1129,7 +1131,13 @@ impl Session {
                 Action::Ignore => {}
             }
         }
-        let attack = self.command_flood(command)?;
+        // Sendmail's null server refuses these before checksmtpattack would count them.
+        let refused = self.rejecting.is_some() && command::refused_when_rejecting(&line);
+        let attack = if refused {
+            Duration::ZERO
+        } else {
+            self.command_flood(command)?
+        };
         let load = self
             .command_delay
             .as_ref()
@@ -1357,6 +1365,10 @@ impl Session {
                 self.close();
                 return;
             }
+        }
+        if over_cap {
+            // Logged as Sendmail logs every excess RCPT, whatever the configured limit's action.
+            self.finding(Finding::TooManyRecipients, Action::Enforce);
         }
         if over_cap || (over_limit && action == Action::Enforce) {
             self.bad_rcpt();

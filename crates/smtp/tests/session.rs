@@ -601,6 +601,8 @@ fn recipient_hard_cap() {
         h.send(b"RCPT TO:<c@localhost>\r\n"),
         "452 4.5.3 Too many recipients\r\n"
     );
+    // Logged like the configured limit's (Sendmail logs every excess RCPT).
+    assert_eq!(h.notes, vec![enforced(Finding::TooManyRecipients)]);
 }
 
 #[test]
@@ -1362,4 +1364,108 @@ fn recipient_defences_drop_and_ignore() {
     assert!(h.send(b"RCPT TO:<r1@localhost>\r\n").starts_with("250"));
     assert_eq!(h.send(b"RCPT TO:<r2@localhost>\r\n"), "");
     assert!(h.session.is_closed());
+}
+
+#[test]
+fn ignored_synchronization_leaves_the_stuffing_check_on() {
+    let mut cfg = config();
+    cfg.pipelining = false;
+    cfg.actions.pipelining = Action::Ignore;
+    let mut h = harness_with(cfg, client());
+    assert_eq!(
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n"),
+        "554 5.5.0 SMTP protocol error\r\n550 5.0.0 Command rejected\r\n"
+    );
+    let kinds: Vec<_> = h
+        .notes
+        .iter()
+        .map(|n| match n {
+            Note::Defence { finding, action } => (finding.action_key(), *action),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("smtp.pipelining_action", Action::Ignore),
+            ("smtp.stuffing_action", Action::Enforce)
+        ]
+    );
+}
+
+#[test]
+fn rejecting_mode_refusals_are_not_slowed_down() {
+    // Sendmail's null server refuses VRFY before checksmtpattack counts it: each refusal at
+    // once, and the 26th refused command gets the bad-commands 421.
+    let mut h = rejecting();
+    for n in 1..=25 {
+        assert_eq!(
+            h.send(b"VRFY root\r\n"),
+            "550 5.0.0 Command rejected\r\n",
+            "refusal {n}"
+        );
+    }
+    assert_eq!(
+        h.send(b"VRFY root\r\n"),
+        "421 4.7.0 mx.example.test Too many bad commands; closing connection\r\n"
+    );
+    assert_eq!(h.session.stats().delayed, Duration::ZERO);
+}
+
+#[test]
+fn more_drop_actions_close_without_a_reply() {
+    // Stuffing after DATA.
+    let mut h = harness_with(with_actions(Action::Drop), client());
+    h.ehlo();
+    let r = h.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nSubject: x\r\n");
+    assert_eq!(
+        r,
+        "250 2.1.0 <a@b.c>... Sender ok\r\n250 2.1.5 <d@localhost>... Recipient ok\r\n"
+    );
+    assert!(h.session.is_closed());
+    // Stuffing after DATA, ignored: the 354 and the message go through.
+    let mut h = harness_with(with_actions(Action::Ignore), client());
+    h.ehlo();
+    let r = h.send(
+        b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@localhost>\r\nDATA\r\nSubject: x\r\n\r\nb\r\n.\r\n",
+    );
+    assert!(
+        r.ends_with("250 2.0.0 6ALBkAGx022139 Message accepted for delivery\r\n"),
+        "{r}"
+    );
+    assert_eq!(h.committed.len(), 1);
+    // Too many bad commands.
+    let mut h = harness_with(with_actions(Action::Drop), client());
+    for _ in 0..25 {
+        assert!(h.send(b"XYZZY\r\n").starts_with("500"));
+    }
+    assert_eq!(h.send(b"XYZZY\r\n"), "");
+    assert!(h.session.is_closed());
+    // The bad-recipient throttle.
+    let mut cfg = with_actions(Action::Drop);
+    cfg.bad_rcpt_throttle = 1;
+    let mut h = harness_with(cfg, client());
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    assert_eq!(h.send(b"RCPT TO:<r1@localhost>\r\n"), "");
+    assert!(h.session.is_closed());
+    // The bad-recipient shutdown.
+    let mut cfg = with_actions(Action::Drop);
+    cfg.bad_rcpt_shutdown = 1;
+    let mut h = harness_with(cfg, client());
+    h.policy = Box::new(unknown_bad_users);
+    h.ehlo();
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+    assert_eq!(h.send(b"RCPT TO:<r1@localhost>\r\n"), "");
+    assert!(h.session.is_closed());
+    assert_eq!(
+        h.notes.last(),
+        Some(&Note::Defence {
+            finding: Finding::RcptFlood(RcptFlood::ShuttingDown),
+            action: Action::Drop
+        })
+    );
 }

@@ -32,10 +32,11 @@
 //!   recipient; `DISCARD` → the whole message is discarded, and every later RCPT of the
 //!   transaction is accepted without the user lookup (`QS_VERIFIED` in `srvrsmtp.c`).
 //! - `delay_checks`: the `Connect:` and `From:` results are not given at connection or MAIL
-//!   but at each RCPT (before `To:` and the user lookup), naming the recipient:
-//!   `550 5.7.1 <rcpt>... Access denied`. `Spam:<rcpt> FRIEND` exempts a recipient (friend
-//!   mode); in hater mode only `Spam:<rcpt> HATER` recipients get them. The `Connect:`
-//!   result comes first; a `DISCARD` there ends the check as in Sendmail.
+//!   but at each RCPT, naming the recipient: `550 5.7.1 <rcpt>... Access denied`. The order
+//!   is proto.m4's delay-mode `check_rcpt`: the `To:` entry first, then the relay test (the
+//!   caller's), then `Spam:` (`FRIEND` exempts a recipient in friend mode; in hater mode only
+//!   `HATER` recipients get the checks), then the `From:` result (an `OK` there ends the
+//!   check), then the `Connect:` one; all before the user lookup.
 //! - An `ERROR:` text is read as `buildaddr()` reads `$#error`: `ddd text` with a 4xx/5xx
 //!   code; a `d.s.n ` at the start of the text is kept (and wins over an `ERROR:d.s.n:`);
 //!   else the `ERROR:d.s.n:` code; else `<class>.0.0`. A text that does not start with three
@@ -240,14 +241,21 @@ pub enum RcptStep {
     Act(Finding),
 }
 
-/// What `delay_checks` holds back until RCPT: a refusal or a discard, and where it came
-/// from.
+/// What `delay_checks` holds back until RCPT, and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
-    /// None: a discard.
-    refusal: Option<Refusal>,
+    result: HeldResult,
     entry: String,
     line: usize,
+}
+
+/// A held result: Sendmail's `checkmail`/`checkrelay` answers `$#error`, `$#discard` or
+/// `$# OK` (which ends the check, so a `From:` OK spares a `Connect:` REJECT client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HeldResult {
+    Refuse(Refusal),
+    Discard,
+    Accept,
 }
 
 /// An entry's value read for one tag (`SKIP` is read as no entry).
@@ -346,24 +354,48 @@ impl SessionChecks {
         })
     }
 
-    /// At RCPT, before the local-recipient check: first the held `delay_checks` results
-    /// (subject to the recipient's `Spam:` entry), then the `To:` lookup. `<Postmaster>` is
-    /// looked up as the unqualified `postmaster` (only `To:postmaster@` and untagged
-    /// `postmaster@` can match it). Does not change the state (see the module header).
-    pub fn rcpt(&self, map: &AccessMap, recipient: &ReversePath) -> RcptStep {
+    /// At RCPT, before the local-recipient check, in the order of Sendmail's delay-mode
+    /// `check_rcpt` (proto.m4): the `To:` lookup first (a refusal or a discard ends the
+    /// check); then, when `relay_denied` (the recipient is not ours and the client may not
+    /// relay), [`RcptStep::Check`] so the caller refuses relaying; then, with
+    /// `delay_checks`, the recipient's `Spam:` entry decides whether the held results
+    /// apply: the MAIL's `From:` result (`OK`/`RELAY` there ends the check), then the
+    /// `Connect:` one. `<Postmaster>` is looked up as the unqualified `postmaster` (only
+    /// `To:postmaster@` and untagged `postmaster@` can match it). Does not change the state
+    /// (see the module header).
+    pub fn rcpt(&self, map: &AccessMap, recipient: &ReversePath, relay_denied: bool) -> RcptStep {
         let (local, domain) = match recipient {
             ReversePath::Mailbox(m) => (m.local.as_str(), m.domain.as_str()),
             ReversePath::Postmaster => ("postmaster", ""),
             ReversePath::Null => return self.proceed(),
         };
         let arg1 = format!("<{recipient}>");
-        if let Some(held) = self.held_for(map, local, domain) {
-            return self.act(held.refusal.as_ref(), &arg1, &held.entry, held.line);
-        }
         match read_entry(map.lookup_mail_for(Tag::To, local, domain)) {
-            Some((entry, Read::Refuse(r))) => self.act(Some(&r), &arg1, &entry.lhs, entry.line),
-            Some((entry, Read::Discard)) => self.act(None, &arg1, &entry.lhs, entry.line),
-            Some((_, Read::Accept | Read::Relay)) | None => self.proceed(),
+            Some((entry, Read::Refuse(r))) => {
+                return self.act(Some(&r), &arg1, &entry.lhs, entry.line);
+            }
+            Some((entry, Read::Discard)) => return self.act(None, &arg1, &entry.lhs, entry.line),
+            Some((_, Read::Accept | Read::Relay)) | None => {}
+        }
+        if relay_denied || self.discarding() {
+            return self.proceed();
+        }
+        match self.held_for(map, local, domain) {
+            Some(Held {
+                result: HeldResult::Refuse(r),
+                entry,
+                line,
+            }) => self.act(Some(r), &arg1, entry, *line),
+            Some(Held {
+                result: HeldResult::Discard,
+                entry,
+                line,
+            }) => self.act(None, &arg1, entry, *line),
+            Some(Held {
+                result: HeldResult::Accept,
+                ..
+            })
+            | None => self.proceed(),
         }
     }
 
@@ -399,10 +431,11 @@ impl SessionChecks {
         self.mode
     }
 
-    /// The held result that applies to this recipient: the `Connect:` one first, then the
-    /// MAIL's, if the recipient's `Spam:` entry lets them (friend or hater mode).
+    /// The held result that applies to this recipient: the MAIL's `From:` one first (an
+    /// `OK` there ends the check), then the `Connect:` one, if the recipient's `Spam:` entry
+    /// lets them (friend or hater mode).
     fn held_for(&self, map: &AccessMap, local: &str, domain: &str) -> Option<&Held> {
-        let held = self.connect.as_ref().or(self.mail.as_ref())?;
+        let held = self.mail.as_ref().or(self.connect.as_ref())?;
         let spam = map
             .lookup_mail_for(Tag::Spam, local, domain)
             .map(|e| e.action());
@@ -469,16 +502,15 @@ fn read_entry(entry: Option<Entry<'_>>) -> Option<(Found, Read)> {
     Some((found, read))
 }
 
-/// What `delay_checks` keeps of a result: refusals and discards; `OK`/`RELAY` decide
-/// nothing at RCPT.
+/// What `delay_checks` keeps of a result for RCPT.
 fn hold(read: Read, found: &Found) -> Option<Held> {
-    let refusal = match read {
-        Read::Refuse(r) => Some(r),
-        Read::Discard => None,
-        Read::Accept | Read::Relay => return None,
+    let result = match read {
+        Read::Refuse(r) => HeldResult::Refuse(r),
+        Read::Discard => HeldResult::Discard,
+        Read::Accept | Read::Relay => HeldResult::Accept,
     };
     Some(Held {
-        refusal,
+        result,
         entry: found.lhs.clone(),
         line: found.line,
     })

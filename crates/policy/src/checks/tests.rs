@@ -34,6 +34,7 @@ Connect:127.0.0.5\tDISCARD
 Connect:127.0.0.6\tOK
 From:tmp.example.com\tERROR:4.3.9:\"451 Temporarily blocked\"
 From:discard.example.com\tDISCARD
+From:friend.example.org\tOK
 Spam:rcpt4@mx.example.test\tHATER
 To:blocked@mx.example.test\tREJECT
 ";
@@ -334,7 +335,7 @@ fn rcpt_replies_without_delay_checks() {
     for (m, rcpt, want) in table {
         let (mut checks, _) = connect(m, DelayChecks::Off, Some("localhost"), "192.0.2.99");
         assert_eq!(checks.mail(m, &path("a@b.example")), None);
-        assert_eq!(step(&checks.rcpt(m, &path(rcpt))), *want, "{rcpt}");
+        assert_eq!(step(&checks.rcpt(m, &path(rcpt), false)), *want, "{rcpt}");
     }
 }
 
@@ -342,7 +343,7 @@ fn rcpt_replies_without_delay_checks() {
 fn rcpt_finding_logs_like_sendmail() {
     let ak = map(AK);
     let (checks, _) = connect(&ak, DelayChecks::Off, Some("localhost"), "127.0.0.1");
-    let RcptStep::Act(f) = checks.rcpt(&ak, &path("blocked@mx.example.test")) else {
+    let RcptStep::Act(f) = checks.rcpt(&ak, &path("blocked@mx.example.test"), false) else {
         panic!("no finding");
     };
     assert_eq!(
@@ -350,7 +351,7 @@ fn rcpt_finding_logs_like_sendmail() {
         "ruleset=check_rcpt, arg1=<blocked@mx.example.test>, relay=localhost [127.0.0.1], \
              reject=550 5.2.1 <blocked@mx.example.test>... Mailbox disabled for this recipient"
     );
-    let RcptStep::Act(f) = checks.rcpt(&ak, &path("rcpt5@mx.example.test")) else {
+    let RcptStep::Act(f) = checks.rcpt(&ak, &path("rcpt5@mx.example.test"), false) else {
         panic!("no finding");
     };
     assert_eq!(
@@ -368,7 +369,7 @@ fn discard_then_unknown_user() {
     let ak = map(AK);
     let (mut checks, _) = connect(&ak, DelayChecks::Off, Some("localhost"), "127.0.0.1");
     assert_eq!(checks.mail(&ak, &path("a@b.example")), None);
-    let s = checks.rcpt(&ak, &path("rcpt5@mx.example.test"));
+    let s = checks.rcpt(&ak, &path("rcpt5@mx.example.test"), false);
     let RcptStep::Act(f) = &s else {
         panic!("{s:?}")
     };
@@ -384,12 +385,12 @@ fn discard_then_unknown_user() {
         ),
     ];
     for (rcpt, want) in after {
-        assert_eq!(step(&checks.rcpt(&ak, &path(rcpt))), *want, "{rcpt}");
+        assert_eq!(step(&checks.rcpt(&ak, &path(rcpt), false)), *want, "{rcpt}");
     }
     checks.end_transaction();
     assert!(!checks.discarding());
     assert_eq!(
-        step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"))),
+        step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"), false)),
         "check"
     );
 }
@@ -406,7 +407,7 @@ fn mail_discard_applies_to_the_transaction() {
     checks.apply(&f);
     assert!(checks.discarding());
     assert_eq!(
-        step(&checks.rcpt(&akd, &path("nosuchuser@mx.example.test"))),
+        step(&checks.rcpt(&akd, &path("nosuchuser@mx.example.test"), false)),
         "accept unchecked"
     );
     checks.end_transaction();
@@ -432,7 +433,7 @@ fn connect_discard_applies_to_the_session() {
             Some(Outcome::Accept)
         );
         assert_eq!(
-            step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"))),
+            step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"), false)),
             "accept unchecked"
         );
         checks.end_transaction();
@@ -458,11 +459,11 @@ fn findings_change_nothing_until_applied() {
         "550 5.7.1 <spammer@example.org>... Access denied"
     );
     assert_eq!(
-        step(&checks.rcpt(&ak, &path("rcpt5@mx.example.test"))),
+        step(&checks.rcpt(&ak, &path("rcpt5@mx.example.test"), false)),
         "discard"
     );
     assert_eq!(
-        step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"))),
+        step(&checks.rcpt(&ak, &path("nosuchuser@mx.example.test"), false)),
         "check"
     );
     assert!(!checks.discarding());
@@ -553,12 +554,26 @@ fn delay_checks_friend() {
             "rcpt1@mx.example.test",
             "check",
         ),
-        // Connect's result comes first.
+        // The From: result comes before the Connect: one (proto.m4's delay-mode check_rcpt).
         (
             "127.0.0.4",
             "spammer@example.org",
             "rcpt3@mx.example.test",
-            "550 5.7.2 <rcpt3@mx.example.test>... Your network is blocked",
+            "550 5.7.1 <rcpt3@mx.example.test>... Access denied",
+        ),
+        // A From: OK ends the check: the Connect: REJECT client's sender is spared.
+        (
+            "127.0.0.2",
+            "x@friend.example.org",
+            "rcpt3@mx.example.test",
+            "check",
+        ),
+        // To: comes first of all.
+        (
+            "127.0.0.2",
+            "a@b.example",
+            "blocked@mx.example.test",
+            "550 5.2.1 <blocked@mx.example.test>... Mailbox disabled for this recipient",
         ),
         // A connect OK does not exempt the sender.
         (
@@ -567,7 +582,7 @@ fn delay_checks_friend() {
             "rcpt3@mx.example.test",
             "550 5.7.1 <rcpt3@mx.example.test>... Access denied",
         ),
-        // Delayed discards; a connect DISCARD ends the check before To:.
+        // Delayed discards; To: still comes first.
         (
             "127.0.0.5",
             "a@b.example",
@@ -578,7 +593,13 @@ fn delay_checks_friend() {
             "127.0.0.5",
             "spammer@example.org",
             "blocked@mx.example.test",
-            "discard",
+            "550 5.2.1 <blocked@mx.example.test>... Mailbox disabled for this recipient",
+        ),
+        (
+            "127.0.0.5",
+            "spammer@example.org",
+            "rcpt3@mx.example.test",
+            "550 5.7.1 <rcpt3@mx.example.test>... Access denied",
         ),
         ("127.0.0.5", "a@b.example", "rcpt1@mx.example.test", "check"),
         (
@@ -603,7 +624,7 @@ fn delay_checks_friend() {
             None,
             "{sender}: nothing at MAIL"
         );
-        let s = checks.rcpt(&akd, &path(rcpt));
+        let s = checks.rcpt(&akd, &path(rcpt), false);
         assert_eq!(step(&s), *want, "{client} {sender} {rcpt}");
         if let RcptStep::Act(f) = s {
             assert_eq!(
@@ -624,7 +645,7 @@ fn delay_checks_findings_log_like_sendmail() {
         "127.0.0.2",
     );
     assert_eq!(checks.mail(&akd, &path("a@b.example")), None);
-    let RcptStep::Act(f) = checks.rcpt(&akd, &path("rcpt3@mx.example.test")) else {
+    let RcptStep::Act(f) = checks.rcpt(&akd, &path("rcpt3@mx.example.test"), false) else {
         panic!("no finding");
     };
     assert_eq!(
@@ -684,7 +705,7 @@ fn delay_checks_hater() {
         assert_eq!(f, None);
         assert_eq!(checks.mail(&akd, &path(sender)), None);
         assert_eq!(
-            step(&checks.rcpt(&akd, &path(rcpt))),
+            step(&checks.rcpt(&akd, &path(rcpt), false)),
             *want,
             "{client} {sender} {rcpt}"
         );
@@ -698,21 +719,21 @@ fn end_transaction_forgets_the_mail_refusal_only() {
     let (mut checks, _) = connect(&akd, DelayChecks::Friend, None, "127.0.0.1");
     assert_eq!(checks.mail(&akd, &path("spammer@example.org")), None);
     assert_eq!(
-        step(&checks.rcpt(&akd, &rcpt3)),
+        step(&checks.rcpt(&akd, &rcpt3, false)),
         "550 5.7.1 <rcpt3@mx.example.test>... Access denied"
     );
     checks.end_transaction();
-    assert_eq!(step(&checks.rcpt(&akd, &rcpt3)), "check");
+    assert_eq!(step(&checks.rcpt(&akd, &rcpt3, false)), "check");
     // A new MAIL replaces the held result even without end_transaction.
     assert_eq!(checks.mail(&akd, &path("spammer@example.org")), None);
     assert_eq!(checks.mail(&akd, &path("a@b.example")), None);
-    assert_eq!(step(&checks.rcpt(&akd, &rcpt3)), "check");
+    assert_eq!(step(&checks.rcpt(&akd, &rcpt3, false)), "check");
 
     let (mut checks, _) = connect(&akd, DelayChecks::Friend, None, "127.0.0.2");
     checks.end_transaction();
     assert_eq!(checks.mail(&akd, &path("a@b.example")), None);
     assert_eq!(
-        step(&checks.rcpt(&akd, &rcpt3)),
+        step(&checks.rcpt(&akd, &rcpt3, false)),
         "550 5.7.1 <rcpt3@mx.example.test>... Access denied"
     );
     assert_eq!(checks.mode(), DelayChecks::Friend);
@@ -724,20 +745,20 @@ fn delayed_discard_is_per_transaction() {
     let (mut checks, _) = connect(&akd, DelayChecks::Friend, None, "127.0.0.5");
     assert!(!checks.discarding(), "held, not applied");
     assert_eq!(checks.mail(&akd, &path("a@b.example")), None);
-    let RcptStep::Act(f) = checks.rcpt(&akd, &path("rcpt3@mx.example.test")) else {
+    let RcptStep::Act(f) = checks.rcpt(&akd, &path("rcpt3@mx.example.test"), false) else {
         panic!("no finding");
     };
     assert_eq!(f.ruleset, CHECK_RCPT);
     checks.apply(&f);
     assert!(checks.discarding());
     assert_eq!(
-        step(&checks.rcpt(&akd, &path("rcpt1@mx.example.test"))),
+        step(&checks.rcpt(&akd, &path("rcpt1@mx.example.test"), false)),
         "accept unchecked"
     );
     checks.end_transaction();
     assert!(!checks.discarding());
     assert_eq!(
-        step(&checks.rcpt(&akd, &path("rcpt1@mx.example.test"))),
+        step(&checks.rcpt(&akd, &path("rcpt1@mx.example.test"), false)),
         "check"
     );
 }
@@ -787,10 +808,30 @@ proptest! {
             prop_assert!((400..600).contains(&r.code));
             prop_assert!(r.lines.iter().all(|l| !l.chars().any(char::is_control)));
         }
-        if let RcptStep::Act(Finding { outcome: Outcome::Reject(r), .. }) = checks.rcpt(&parsed.map, &path("x@y")) {
+        if let RcptStep::Act(Finding { outcome: Outcome::Reject(r), .. }) = checks.rcpt(&parsed.map, &path("x@y"), false) {
             prop_assert!((400..600).contains(&r.code));
             prop_assert_eq!(r.lines.len(), 1);
             prop_assert!(r.lines.iter().all(|l| !l.chars().any(char::is_control)));
         }
     }
+}
+
+#[test]
+fn delay_checks_leave_a_relay_refusal_to_the_caller() {
+    // proto.m4: check_rcpt's relay test comes before the held results, so a recipient
+    // that may not be relayed to is refused as such, not "Access denied".
+    let akd = map(AKD);
+    let (mut checks, _) = connect(&akd, DelayChecks::Friend, None, "127.0.0.2");
+    checks.mail(&akd, &path("a@b.example"));
+    let rcpt = path("x@elsewhere.example");
+    assert_eq!(step(&checks.rcpt(&akd, &rcpt, true)), "check");
+    assert_eq!(
+        step(&checks.rcpt(&akd, &rcpt, false)),
+        "550 5.7.1 <x@elsewhere.example>... Access denied"
+    );
+    // A To: entry still comes first, relayable or not.
+    assert_eq!(
+        step(&checks.rcpt(&akd, &path("blocked@mx.example.test"), true)),
+        "550 5.2.1 <blocked@mx.example.test>... Mailbox disabled for this recipient"
+    );
 }

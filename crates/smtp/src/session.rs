@@ -965,18 +965,9 @@ impl Session {
             let command = reply::printable(&text[..text.len().min(40)], 40);
             let action = self.cfg.actions.open_proxy;
             self.finding(Finding::OpenProxy { command }, action);
-            match action {
-                Action::Enforce => {
-                    let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
-                    self.send(&r);
-                    self.close();
-                    return false;
-                }
-                Action::Drop => {
-                    self.close();
-                    return false;
-                }
-                Action::Ignore => {}
+            let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
+            if self.close_with(action, &r) {
+                return false;
             }
         }
         let verb = command::verb_name(line);
@@ -1048,14 +1039,7 @@ impl Session {
         self.ignored.unsynchronized = action == Action::Ignore;
         let next = self.next_input();
         self.finding(Finding::Unsynchronized { command, next }, action);
-        match action {
-            Action::Enforce => {
-                self.send(&reply::synchronization_error());
-                self.close();
-            }
-            Action::Drop => self.close(),
-            Action::Ignore => {}
-        }
+        self.close_with(action, &reply::synchronization_error());
         true
     }
 
@@ -1117,18 +1101,9 @@ impl Session {
                 self.ignored.rcpt_shutdown = bad_rcpt == Action::Ignore;
                 self.finding(Finding::RcptFlood(RcptFlood::ShuttingDown), bad_rcpt);
             }
-            match bad_rcpt {
-                Action::Enforce => {
-                    let r = reply::too_many_bad_recipients(&self.cfg.hostname);
-                    self.send(&r);
-                    self.close();
-                    return None;
-                }
-                Action::Drop => {
-                    self.close();
-                    return None;
-                }
-                Action::Ignore => {}
+            let r = reply::too_many_bad_recipients(&self.cfg.hostname);
+            if self.close_with(bad_rcpt, &r) {
+                return None;
             }
         }
         // Sendmail's null server refuses these before checksmtpattack would count them.
@@ -1241,19 +1216,22 @@ impl Session {
         }
         self.ignored.bad_commands = action == Action::Ignore;
         self.finding(Finding::TooManyBadCommands, action);
+        let r = reply::too_many_bad_commands(&self.cfg.hostname);
+        !self.close_with(action, &r)
+    }
+
+    /// A finding's action that ends the session: `enforce` sends `r` and closes, `drop`
+    /// closes without a word. True when the session was closed (false for `ignore`).
+    fn close_with(&mut self, action: Action, r: &Reply) -> bool {
         match action {
             Action::Enforce => {
-                let r = reply::too_many_bad_commands(&self.cfg.hostname);
-                self.send(&r);
+                self.send(r);
                 self.close();
-                false
             }
-            Action::Drop => {
-                self.close();
-                false
-            }
-            Action::Ignore => true,
+            Action::Drop => self.close(),
+            Action::Ignore => return false,
         }
+        true
     }
 
     /// A RCPT of the open transaction was refused (Sendmail counts every RCPT that ends
@@ -1465,20 +1443,11 @@ impl Session {
                 self.arm(WaitPhase::Rcpt, now);
             }
             Pending::Data => {
-                if self.stuffed("DATA") {
-                    match self.cfg.actions.stuffing {
-                        Action::Enforce => {
-                            // Sendmail 8.18: no 354, and the connection is closed.
-                            self.send(&reply::protocol_error());
-                            self.close();
-                            return;
-                        }
-                        Action::Drop => {
-                            self.close();
-                            return;
-                        }
-                        Action::Ignore => {}
-                    }
+                // Sendmail 8.18: no 354, and the connection is closed.
+                if self.stuffed("DATA")
+                    && self.close_with(self.cfg.actions.stuffing, &reply::protocol_error())
+                {
+                    return;
                 }
                 self.send(&reply::start_data());
                 let receiver =

@@ -692,6 +692,59 @@ mod fuzzish {
                 prop_assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-'), "bad reply line {line:?}");
             }
         }
+
+        /// The same with every in-session defence armed, under any action and per-client
+        /// switches: still no panic, bounded buffers, well-formed replies, and a session
+        /// that is never delayed past its budget.
+        #[test]
+        fn hostile_input_with_every_defence_armed(
+            chunks in proptest::collection::vec(chunk(), 1..40),
+            gaps in proptest::collection::vec(0u64..400, 40),
+            actions in proptest::collection::vec(0u8..3, 6),
+            pipelining in any::<bool>(),
+            features in 0u8..4,
+        ) {
+            let action = |i: usize| match actions[i] {
+                0 => Action::Enforce,
+                1 => Action::Drop,
+                _ => Action::Ignore,
+            };
+            let mut cfg = config();
+            cfg.pipelining = pipelining;
+            cfg.max_noop_commands = 2;
+            cfg.max_recipients_per_message = 1;
+            cfg.bad_rcpt_throttle = 1;
+            cfg.bad_rcpt_shutdown = 3;
+            cfg.delay_budget = Duration::from_secs(10);
+            cfg.actions = portcullis_smtp::DefenceActions {
+                open_proxy: action(0),
+                max_recipients: action(1),
+                bad_rcpt: action(2),
+                stuffing: action(3),
+                pipelining: action(4),
+                command_abuse: action(5),
+            };
+            let mut h = harness_with(cfg, client());
+            h.session.set_features(ClientFeatures {
+                no_pipelining: features & 1 != 0,
+                lax_pipelining: features & 2 != 0,
+            });
+            h.policy = Box::new(unknown_bad_users);
+            for (i, c) in chunks.iter().enumerate() {
+                if h.session.is_closed() { break; }
+                if h.session.wants_input() {
+                    h.session.handle_input(c, h.now);
+                }
+                h.pump();
+                prop_assert!(h.session.buffered() < 1000 + 4096 + 64 * 1024, "buffered {}", h.session.buffered());
+                prop_assert!(h.session.stats().delayed <= Duration::from_secs(10));
+                h.advance(Duration::from_secs(gaps[i % gaps.len()]));
+            }
+            for line in h.out.split("\r\n").filter(|l| !l.is_empty()) {
+                let b = line.as_bytes();
+                prop_assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-'), "bad reply line {line:?}");
+            }
+        }
     }
 }
 

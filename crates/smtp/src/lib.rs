@@ -3,7 +3,8 @@
 //! Role: everything about the SMTP dialogue that does not need a socket, a clock or a disk:
 //! command and envelope-address parsing ([`command`], [`address`]), reply texts ([`reply`]),
 //! DATA framing with its limits ([`data`]) and the [`Session`] state machine that ties them
-//! together.
+//! together; and the other side, the relay/LMTP [`Client`] of one delivery attempt
+//! ([`client`]).
 //!
 //! Must not: perform I/O, read the clock, spawn tasks or log. Time comes in as an argument
 //! (`now: Instant`), bytes come in through [`Session::handle_input`], and everything the
@@ -19,6 +20,7 @@
 
 mod action;
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod pregreet;
@@ -27,6 +29,9 @@ mod session;
 
 pub use action::Action;
 pub use address::{AddressError, Mailbox, ReversePath};
+pub use client::{
+    Client, ClientConfig, ClientEvent, ClientPhase, Envelope, Extensions, RcptOutcome, RcptStatus,
+};
 pub use command::{Command, MailParams};
 pub use data::{BareLineEndings, DataReceiver};
 pub use reply::Reply;

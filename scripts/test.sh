@@ -14,6 +14,12 @@ need_pkg() { # command package
 }
 need_pkg swaks swaks
 need_pkg python3 python3
+# The relay tests' independent SMTP/LMTP next hop (crates/server/tests/peers/aiosmtpd_peer.py).
+if ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+    echo "test.sh: installing python3-aiosmtpd (for the relay tests)"
+    if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-aiosmtpd >/dev/null
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,6 +19,7 @@ pub mod greet;
 pub mod hold;
 pub mod load;
 pub mod queue;
+pub mod relay;
 pub mod serve;
 pub mod state;
 pub mod telemetry;

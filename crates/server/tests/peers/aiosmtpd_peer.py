@@ -1,0 +1,73 @@
+"""An independently written SMTP/LMTP next hop for the relay tests (aiosmtpd).
+
+Usage: aiosmtpd_peer.py smtp|lmtp PORT DIR
+
+Recipients starting with "nosuch" get 550 5.1.1 at RCPT, "later" 451 4.3.0 at RCPT.
+Each message is written to DIR/<n>.eml as "FROM <sender>\nTO <r1> <r2>...\n\n" + content.
+LMTP: one reply per accepted recipient after DATA; a recipient starting with "full" gets
+452 4.2.2 there. Prints READY once listening; stops when stdin closes.
+"""
+
+import asyncio
+import itertools
+import os
+import sys
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+
+counter = itertools.count(1)
+
+
+class Handler:
+    def __init__(self, directory, lmtp):
+        self.directory = directory
+        self.lmtp = lmtp
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("nosuch"):
+            return "550 5.1.1 <%s>: Recipient address rejected: no such user" % address
+        if local.startswith("later"):
+            return "451 4.3.0 <%s>: try again later" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        path = os.path.join(self.directory, "%d.eml" % next(counter))
+        with open(path + ".tmp", "wb") as f:
+            f.write(("FROM %s\nTO %s\n\n" % (envelope.mail_from, " ".join(envelope.rcpt_tos))).encode())
+            f.write(envelope.original_content)
+        os.rename(path + ".tmp", path)
+        if not self.lmtp:
+            return "250 2.0.0 Ok: queued as %d" % len(envelope.rcpt_tos)
+        replies = []
+        for r in envelope.rcpt_tos:
+            if r.split("@")[0].startswith("full"):
+                replies.append("452 4.2.2 <%s> Mailbox full" % r)
+            else:
+                replies.append("250 2.0.0 <%s> delivered" % r)
+        return "\r\n".join(replies)
+
+
+class LmtpController(Controller):
+    def factory(self):
+        return LMTP(self.handler)
+
+
+def main():
+    kind, port, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    handler = Handler(directory, kind == "lmtp")
+    cls = LmtpController if kind == "lmtp" else Controller
+    controller = cls(handler, hostname="127.0.0.1", port=port)
+    if kind == "lmtp":
+        # aiosmtpd's ready check speaks SMTP; the LMTP server does not answer its greeting.
+        controller.ready_timeout = 5.0
+    controller.start()
+    print("READY", flush=True)
+    sys.stdin.read()
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

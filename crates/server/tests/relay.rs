@@ -1,0 +1,233 @@
+//! The relay client end to end: `relay::attempt` driving the sans-IO client against an
+//! independently written next hop (Python's aiosmtpd, SMTP and LMTP, over loopback), and
+//! against a scripted peer over `tokio::io::duplex` with paused time for the timeouts.
+
+// Test code: panics are the failure report; paused time is read to check the timeout.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::relay::{AttemptTimeouts, attempt};
+use portcullis_smtp::{Client, ClientConfig, Envelope, RcptOutcome, RcptStatus};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+
+/// A Python with aiosmtpd (scripts/test.sh installs Debian's python3-aiosmtpd).
+fn python() -> &'static str {
+    for candidate in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(candidate)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return candidate;
+        }
+    }
+    panic!("no python3 with aiosmtpd: run scripts/test.sh, which installs python3-aiosmtpd");
+}
+
+/// The aiosmtpd next hop; stopped when dropped (its stdin closes).
+struct Peer {
+    child: Child,
+    port: u16,
+}
+
+impl Peer {
+    fn start(kind: &str, dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aiosmtpd_peer.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args([kind, &port.to_string()])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "READY");
+        Self { child, port }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(lmtp: bool, recipients: &[&str], size: usize) -> Client {
+    let cfg = Arc::new(ClientConfig {
+        helo_name: "mx.example.test".into(),
+        lmtp,
+    });
+    let envelope = Envelope::new(
+        "alice@example.org".to_owned(),
+        recipients.iter().map(|r| (*r).to_owned()).collect(),
+        size as u64,
+    );
+    Client::new(cfg, "[127.0.0.1]", envelope)
+}
+
+fn statuses(outcomes: &[RcptOutcome]) -> Vec<(String, RcptStatus)> {
+    outcomes
+        .iter()
+        .map(|o| (o.recipient.clone(), o.status))
+        .collect()
+}
+
+/// The messages the peer stored, in order.
+fn stored(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| String::from_utf8(std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+const MESSAGE: &[u8] =
+    b"Subject: relay test\r\n\r\n.a line that starts with a dot\r\n..two dots\r\nlast line\r\n";
+
+#[tokio::test]
+async fn smtp_next_hop_gets_the_message_and_each_recipient_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", dir.path());
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", peer.port))
+        .await
+        .unwrap();
+    let c = client(
+        false,
+        &[
+            "bob@example.net",
+            "nosuch@example.net",
+            "later@example.net",
+            "carol@example.net",
+        ],
+        MESSAGE.len(),
+    );
+    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    assert_eq!(
+        statuses(&outcomes),
+        vec![
+            ("bob@example.net".into(), RcptStatus::Delivered),
+            ("nosuch@example.net".into(), RcptStatus::PermFail),
+            ("later@example.net".into(), RcptStatus::TempFail),
+            ("carol@example.net".into(), RcptStatus::Delivered),
+        ]
+    );
+    assert_eq!(outcomes[1].reply.code, 550);
+    assert!(
+        outcomes[0]
+            .reply
+            .to_log_string()
+            .starts_with("250 2.0.0 Ok: queued as 2")
+    );
+    // The peer unstuffed what we stuffed: the message arrives as it was.
+    let messages = stored(dir.path());
+    assert_eq!(messages.len(), 1);
+    let want = format!(
+        "FROM alice@example.org\nTO bob@example.net carol@example.net\n\n{}",
+        String::from_utf8_lossy(MESSAGE)
+    );
+    assert_eq!(messages[0], want);
+}
+
+#[tokio::test]
+async fn lmtp_next_hop_answers_each_recipient_after_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("lmtp", dir.path());
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", peer.port))
+        .await
+        .unwrap();
+    let c = client(
+        true,
+        &["bob@example.net", "full@example.net", "nosuch@example.net"],
+        MESSAGE.len(),
+    );
+    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    assert_eq!(
+        statuses(&outcomes),
+        vec![
+            ("bob@example.net".into(), RcptStatus::Delivered),
+            ("full@example.net".into(), RcptStatus::TempFail),
+            ("nosuch@example.net".into(), RcptStatus::PermFail),
+        ]
+    );
+    assert_eq!(
+        outcomes[1].reply.to_log_string(),
+        "452 4.2.2 <full@example.net> Mailbox full"
+    );
+    assert_eq!(stored(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn a_next_hop_that_closes_at_once_is_a_temporary_failure() {
+    // The connection ends before the greeting: every recipient fails temporarily.
+    let (ours, theirs) = tokio::io::duplex(1024);
+    drop(theirs);
+    let c = client(false, &["bob@example.net", "carol@example.net"], 10);
+    let outcomes = attempt(ours, c, b"x\r\n", &AttemptTimeouts::default()).await;
+    assert!(outcomes.iter().all(|o| o.status == RcptStatus::TempFail));
+    assert_eq!(outcomes.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_next_hop_that_stalls_after_the_data_times_out_at_datafinal() {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let timeouts = AttemptTimeouts {
+        datafinal: Duration::from_secs(600),
+        ..AttemptTimeouts::default()
+    };
+    // A scripted next hop without PIPELINING that never answers the final dot.
+    let peer = tokio::spawn(async move {
+        let (rd, mut wr) = tokio::io::split(theirs);
+        let mut lines = TokioBufReader::new(rd).lines();
+        wr.write_all(b"220 next.example ESMTP\r\n").await.unwrap();
+        let mut in_data = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if in_data {
+                if line == "." {
+                    // Stall: hold the connection open, answer nothing.
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            }
+            let reply: &[u8] = match line.get(..4).unwrap_or("") {
+                "EHLO" => b"250-next.example\r\n250 8BITMIME\r\n",
+                "MAIL" | "RCPT" => b"250 2.1.0 Ok\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go ahead\r\n"
+                }
+                _ => b"500 what\r\n",
+            };
+            wr.write_all(reply).await.unwrap();
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let c = client(false, &["bob@example.net"], 3);
+    let outcomes = attempt(ours, c, b"x\r\n", &timeouts).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(600));
+    assert_eq!(outcomes[0].status, RcptStatus::TempFail);
+    let text = outcomes[0].reply.to_log_string();
+    assert!(text.contains("timed out"), "{text}");
+    assert!(text.contains("may be sent more than once"), "{text}");
+    peer.abort();
+}

@@ -20,6 +20,7 @@ mod load;
 mod local;
 mod model;
 mod names;
+pub mod next_hop;
 mod raw;
 mod timeouts;
 mod validate;

@@ -14,9 +14,60 @@
 
 use std::time::Duration;
 
+use portcullis_config::next_hop::{Host, NextHop};
 use portcullis_smtp::client::{dot_stuff, end_of_data};
 use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A connection to a next hop: TCP or a Unix socket.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to `hop` within `limit` (per address tried). Returns the stream and the peer as
+/// logs name it (`[192.0.2.1]`, `mail.example.net [192.0.2.1]`, `unix:/path`).
+///
+/// A bracketed name is resolved to its addresses and each is tried in turn. MX lookups
+/// (a bare domain) are not done yet: such a next hop is refused with a reason.
+pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, String), String> {
+    let (host, port) = match hop {
+        NextHop::LmtpUnix(path) => {
+            let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| format!("connect to unix:{} timed out", path.display()))?
+                .map_err(|e| format!("connect to unix:{}: {e}", path.display()))?;
+            return Ok((Box::new(stream), format!("unix:{}", path.display())));
+        }
+        NextHop::Tcp { host, port, .. } => (host, *port),
+    };
+    let (name, addrs) = match host {
+        Host::Address(a) => (None, vec![std::net::SocketAddr::new(*a, port)]),
+        Host::Name(n) => {
+            let found = tokio::time::timeout(limit, tokio::net::lookup_host((n.as_str(), port)))
+                .await
+                .map_err(|_| format!("looking up {n} timed out"))?
+                .map_err(|e| format!("cannot resolve {n}: {e}"))?;
+            (Some(n.as_str()), found.collect())
+        }
+        Host::Mx(d) => {
+            return Err(format!(
+                "MX lookup for {d} is not done yet: write the next hop with the host in brackets"
+            ));
+        }
+    };
+    let mut last = format!("{} has no address", name.unwrap_or("the next hop"));
+    for addr in addrs {
+        let shown = match name {
+            Some(n) => format!("{n} [{}]", addr.ip()),
+            None => format!("[{}]", addr.ip()),
+        };
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok((Box::new(stream), shown)),
+            Ok(Err(e)) => last = format!("connect to {shown}:{port}: {e}"),
+            Err(_) => last = format!("connect to {shown}:{port} timed out"),
+        }
+    }
+    Err(last)
+}
 
 /// Message bytes stuffed and written per write.
 const CHUNK: usize = 64 * 1024;

@@ -231,3 +231,95 @@ async fn a_next_hop_that_stalls_after_the_data_times_out_at_datafinal() {
     assert!(text.contains("may be sent more than once"), "{text}");
     peer.abort();
 }
+
+#[tokio::test]
+async fn connect_reaches_each_kind_of_next_hop() {
+    use portcullis::relay::connect;
+    use portcullis_config::next_hop::NextHop;
+    let limit = Duration::from_secs(5);
+
+    // An address literal and a bracketed name, against the aiosmtpd next hop.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", dir.path());
+    for (text, shown) in [
+        (
+            format!("smtp:[127.0.0.1]:{}", peer.port),
+            "[127.0.0.1]".to_owned(),
+        ),
+        (
+            format!("smtp:[localhost]:{}", peer.port),
+            "localhost [".to_owned(),
+        ),
+    ] {
+        let hop = NextHop::parse(&text).unwrap();
+        let (stream, name) = connect(&hop, limit).await.unwrap();
+        assert!(name.starts_with(&shown), "{name}");
+        let c = client(false, &["bob@example.net"], MESSAGE.len());
+        let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+        assert_eq!(outcomes[0].status, RcptStatus::Delivered, "{text}");
+    }
+    assert_eq!(stored(dir.path()).len(), 2);
+
+    // LMTP over a Unix socket, with a scripted next hop.
+    let sock = dir.path().join("lmtp.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (rd, mut wr) = tokio::io::split(s);
+        let mut lines = TokioBufReader::new(rd).lines();
+        wr.write_all(b"220 lmtp.example LMTP\r\n").await.unwrap();
+        let mut in_data = false;
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            let reply: &[u8] = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                b"250 2.0.0 bob ok\r\n"
+            } else {
+                match line.get(..4).unwrap_or("") {
+                    "LHLO" => b"250-lmtp.example\r\n250 PIPELINING\r\n",
+                    "MAIL" | "RCPT" => b"250 2.1.0 Ok\r\n",
+                    "DATA" => {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    }
+                    "QUIT" => b"221 bye\r\n",
+                    _ => b"500 what\r\n",
+                }
+            };
+            wr.write_all(reply).await.unwrap();
+        }
+        seen
+    });
+    let hop = NextHop::parse(&format!("lmtp:unix:{}", sock.display())).unwrap();
+    let (stream, name) = connect(&hop, limit).await.unwrap();
+    assert_eq!(name, format!("unix:{}", sock.display()));
+    let c = client(true, &["bob@example.net"], MESSAGE.len());
+    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    assert_eq!(outcomes[0].status, RcptStatus::Delivered);
+    let seen = server.await.unwrap();
+    assert_eq!(seen[0], "LHLO mx.example.test");
+    // On the wire every line starting with a dot has one more (RFC 5321 §4.5.2).
+    assert!(
+        seen.contains(&"..a line that starts with a dot".to_owned()),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"...two dots".to_owned()), "{seen:?}");
+
+    // Nothing listening: an error naming the next hop, never a panic.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let hop = NextHop::parse(&format!("smtp:[127.0.0.1]:{port}")).unwrap();
+    let err = connect(&hop, limit).await.err().unwrap();
+    assert!(err.contains(&format!("[127.0.0.1]:{port}")), "{err}");
+    // A bare domain needs an MX lookup, which is not done yet: refused with the reason.
+    let err = connect(&NextHop::parse("smtp:example.net").unwrap(), limit)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.contains("MX lookup"), "{err}");
+}

@@ -146,7 +146,17 @@ fn split_host_port(s: &str) -> Result<(Host, Option<u16>), String> {
             Some(i) => (&s[..i], &s[i..]),
             None => (s, ""),
         };
-        (Host::Mx(domain(name)?), after)
+        let name = domain(name)?;
+        if name
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!(
+                "{name:?} looks like an address: write it in brackets, [{name}]"
+            ));
+        }
+        (Host::Mx(name), after)
     };
     let port = match after {
         "" => None,
@@ -154,6 +164,9 @@ fn split_host_port(s: &str) -> Result<(Host, Option<u16>), String> {
             let digits = p
                 .strip_prefix(':')
                 .ok_or_else(|| format!("unexpected {p:?} after the host"))?;
+            if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("{digits:?} is not a port (1-65535)"));
+            }
             match digits.parse::<u16>() {
                 Ok(0) | Err(_) => return Err(format!("{digits:?} is not a port (1-65535)")),
                 Ok(n) => Some(n),
@@ -164,11 +177,14 @@ fn split_host_port(s: &str) -> Result<(Host, Option<u16>), String> {
 }
 
 fn bracketed(inside: &str) -> Result<Host, String> {
-    let literal = inside
-        .get(..5)
-        .filter(|p| p.eq_ignore_ascii_case("IPv6:"))
-        .map_or(inside, |_| &inside[5..]);
-    if let Ok(addr) = literal.parse::<IpAddr>() {
+    let tagged = inside.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:"));
+    if let Some(literal) = tagged.and_then(|_| inside.get(5..)) {
+        return match literal.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => Ok(Host::Address(IpAddr::V6(v6))),
+            Err(_) => Err(format!("{literal:?} is not an IPv6 address")),
+        };
+    }
+    if let Ok(addr) = inside.parse::<IpAddr>() {
         return Ok(Host::Address(addr));
     }
     Ok(Host::Name(domain(inside)?))
@@ -273,6 +289,9 @@ mod tests {
             ("smtp:", "is not a host name"),
             ("smtp:bad_name.example", "is not a host name"),
             ("smtp:[a..b]", "is not a host name"),
+            ("smtp:192.0.2.1", "write it in brackets"),
+            ("smtp:[IPv6:192.0.2.1]", "is not an IPv6 address"),
+            ("smtp:[127.0.0.1]:+25", "is not a port"),
         ];
         for (text, want) in table {
             let err = NextHop::parse(text).unwrap_err();

@@ -10,7 +10,9 @@
 //! `tokio::time`. Generic over the stream, so tests drive it over `tokio::io::duplex` with
 //! paused time as well as against real peers.
 //!
-//! Memory: a 4 KiB read buffer and one 64 KiB chunk of stuffed message at a time.
+//! Memory: a 4 KiB read buffer and one 64 KiB chunk of stuffed message at a time, besides
+//! the message itself, which the caller holds (the spool reads it whole today; streaming it
+//! from the file is for the queue runner's wiring).
 
 use std::time::Duration;
 
@@ -67,6 +69,11 @@ pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, Str
         }
     }
     Err(last)
+}
+
+/// The clock, as tokio's timers read it (paused in tests).
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::from_std(crate::clock::now())
 }
 
 /// Message bytes stuffed and written per write.
@@ -130,6 +137,13 @@ impl AttemptTimeouts {
 /// Runs `client` over `stream` until every recipient has its outcome (and the QUIT is
 /// answered or timed out), writing `message` (CRLF lines, not yet dot-stuffed) when asked.
 /// Returns one outcome per recipient, in envelope order.
+///
+/// It reads whenever it writes (RFC 2920 §3.1: a pipelined group larger than the TCP
+/// window would otherwise deadlock with a server that writes replies before it reads on),
+/// and a server that answers in the middle of the message (an early `552`) is heard: the
+/// writing stops and that reply becomes the outcome. Each phase has one deadline, set when
+/// the phase begins (while the message is written: from the last write that made progress),
+/// so a peer trickling bytes cannot stretch it.
 pub async fn attempt<S>(
     stream: S,
     mut client: Client,
@@ -141,32 +155,65 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 4096];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut written = 0;
+    let mut body: Option<Body> = None;
+    let mut early = Vec::new();
+    let mut phase = client.phase();
+    let mut deadline = now() + timeouts.for_phase(phase);
     loop {
-        if client.has_output() {
-            let limit = timeouts.for_phase(client.phase());
-            if !flush(&mut wr, &mut client, limit).await {
-                client.handle_eof();
-            }
-        }
-        let mut write_message = false;
         while let Some(event) = client.poll_event() {
-            write_message |= event == ClientEvent::WriteMessage;
-        }
-        if write_message {
-            if write_stuffed(&mut wr, message, timeouts.datablock).await {
-                client.message_written();
-            } else {
-                client.handle_eof();
+            if event == ClientEvent::WriteMessage && !client.is_done() {
+                body = Some(Body::default());
             }
-            continue; // Output and events again: replies held meanwhile are read now.
         }
-        if client.is_done() || !client.wants_input() {
+        if written == pending.len() {
+            pending.clear();
+            written = 0;
+            if client.has_output() {
+                pending = client.take_output();
+            } else if let Some(b) = body.as_mut() {
+                if b.finished {
+                    body = None;
+                    client.message_written();
+                    continue; // Output and events again: held replies are read now.
+                }
+                b.next_chunk(message, &mut pending);
+            }
+        }
+        if client.is_done() {
             break;
         }
-        match tokio::time::timeout(timeouts.for_phase(client.phase()), rd.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => client.handle_eof(),
-            Ok(Ok(n)) => client.handle_input(&buf[..n]),
-            Err(_) => client.handle_timeout(),
+        if client.phase() != phase {
+            phase = client.phase();
+            deadline = now() + timeouts.for_phase(phase);
+        }
+        let writing = written < pending.len();
+        tokio::select! {
+            n = rd.read(&mut buf) => match n {
+                Ok(0) | Err(_) => client.handle_eof(),
+                Ok(n) => {
+                    client.handle_input(&buf[..n]);
+                    if body.is_some() && heard_a_reply(&mut early, &buf[..n]) {
+                        // The server answered before the end of the message: stop writing;
+                        // the reply it gave is the outcome.
+                        client.handle_eof();
+                    }
+                }
+            },
+            w = wr.write(&pending[written..]), if writing => match w {
+                Ok(0) | Err(_) => client.handle_eof(),
+                Ok(n) => {
+                    written += n;
+                    if written == pending.len() && wr.flush().await.is_err() {
+                        client.handle_eof();
+                    }
+                    if body.is_some() {
+                        deadline = now() + timeouts.datablock;
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => client.handle_timeout(),
         }
     }
     let _ = tokio::time::timeout(timeouts.quit, wr.shutdown()).await;
@@ -176,37 +223,52 @@ where
         .unwrap_or_default()
 }
 
-/// Writes the client's pending output within `limit`. False when the peer is gone or slow.
-async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, client: &mut Client, limit: Duration) -> bool {
-    let out = client.take_output();
-    matches!(
-        tokio::time::timeout(limit, wr.write_all(&out)).await,
-        Ok(Ok(()))
-    )
+/// The message being written: where the next chunk starts, and the stuffing state.
+#[derive(Debug)]
+struct Body {
+    offset: usize,
+    at_line_start: bool,
+    finished: bool,
 }
 
-/// Writes `message` dot-stuffed and terminated, chunk by chunk, each chunk within `limit`.
-async fn write_stuffed<W: AsyncWrite + Unpin>(wr: &mut W, message: &[u8], limit: Duration) -> bool {
-    let mut at_line_start = true;
-    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-    for chunk in message.chunks(CHUNK) {
-        out.clear();
-        dot_stuff(chunk, &mut at_line_start, &mut out);
-        if !matches!(
-            tokio::time::timeout(limit, wr.write_all(&out)).await,
-            Ok(Ok(()))
-        ) {
-            return false;
+impl Default for Body {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            at_line_start: true,
+            finished: false,
         }
     }
-    out.clear();
-    end_of_data(at_line_start, &mut out);
-    matches!(
-        tokio::time::timeout(limit, async {
-            wr.write_all(&out).await?;
-            wr.flush().await
-        })
-        .await,
-        Ok(Ok(()))
-    )
+}
+
+impl Body {
+    /// The next chunk of `message`, stuffed, into `out`; the terminator after the last.
+    fn next_chunk(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        match message.get(self.offset..) {
+            Some(rest) if !rest.is_empty() => {
+                let chunk = &rest[..rest.len().min(CHUNK)];
+                dot_stuff(chunk, &mut self.at_line_start, out);
+                self.offset += chunk.len();
+            }
+            _ => {
+                end_of_data(self.at_line_start, out);
+                self.finished = true;
+            }
+        }
+    }
+}
+
+/// Collects what the server sent while the message was being written (at most 64 KiB) and
+/// says when it holds a complete reply: a last line `ddd text`.
+fn heard_a_reply(early: &mut Vec<u8>, input: &[u8]) -> bool {
+    let room = portcullis_smtp::client::MAX_REPLY_BYTES.saturating_sub(early.len());
+    early.extend_from_slice(&input[..input.len().min(room)]);
+    if room < input.len() {
+        return true; // Too much: the client's own limit will judge it.
+    }
+    let Some(text) = early.strip_suffix(b"\n") else {
+        return false;
+    };
+    let last = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
+    last.get(3) == Some(&b' ')
 }

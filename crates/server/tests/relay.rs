@@ -323,3 +323,117 @@ async fn connect_reaches_each_kind_of_next_hop() {
         .unwrap();
     assert!(err.contains("MX lookup"), "{err}");
 }
+
+/// A scripted next hop over `duplex`: answers the greeting, EHLO (with PIPELINING), MAIL and
+/// every RCPT, and DATA with 354; then runs `in_data` on the rest of the stream.
+async fn scripted_until_data<F, Fut>(theirs: tokio::io::DuplexStream, in_data: F)
+where
+    F: FnOnce(
+        tokio::io::Lines<TokioBufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (rd, mut wr) = tokio::io::split(theirs);
+    let mut lines = TokioBufReader::new(rd).lines();
+    wr.write_all(b"220 next.example ESMTP\r\n").await.unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply: &[u8] = match line.get(..4).unwrap_or("") {
+            "EHLO" => b"250-next.example\r\n250 PIPELINING\r\n",
+            "MAIL" | "RCPT" => b"250 2.1.0 Ok\r\n",
+            "DATA" => {
+                wr.write_all(b"354 go ahead\r\n").await.unwrap();
+                in_data(lines, wr).await;
+                return;
+            }
+            _ => b"500 what\r\n",
+        };
+        wr.write_all(reply).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_refusal_in_the_message_is_heard_though_the_peer_stops_reading() {
+    // The peer reads a little of a large message, answers 552 and reads no more: the
+    // driver must not wait for `datablock` on a write that cannot finish.
+    let (ours, theirs) = tokio::io::duplex(8 * 1024);
+    let peer = tokio::spawn(scripted_until_data(
+        theirs,
+        |mut lines, mut wr| async move {
+            let _ = lines.next_line().await;
+            wr.write_all(b"552 5.3.4 Message too big for this system\r\n")
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        },
+    ));
+    let message = format!("{}\r\n", "x".repeat(78)).repeat(20_000);
+    let started = tokio::time::Instant::now();
+    let c = client(false, &["bob@example.net"], message.len());
+    let outcomes = attempt(ours, c, message.as_bytes(), &AttemptTimeouts::default()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5 * 60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        outcomes[0].status,
+        RcptStatus::PermFail,
+        "{:?}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[0].reply.code, 552);
+    peer.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_pipelined_group_does_not_deadlock_on_a_small_window() {
+    // 300 recipients in one RFC 2920 group through a 1 KiB pipe: the peer writes each reply
+    // before it reads on, so a driver that only wrote would wait for the timeout.
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let peer = tokio::spawn(scripted_until_data(
+        theirs,
+        |mut lines, mut wr| async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line == "." {
+                    wr.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                }
+                if line == "QUIT" {
+                    wr.write_all(b"221 bye\r\n").await.unwrap();
+                    return;
+                }
+            }
+        },
+    ));
+    let rcpts: Vec<String> = (0..300).map(|i| format!("user{i}@example.net")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let started = tokio::time::Instant::now();
+    let c = client(false, &refs, MESSAGE.len());
+    let outcomes = attempt(ours, c, MESSAGE, &AttemptTimeouts::default()).await;
+    assert_eq!(started.elapsed(), Duration::ZERO, "no timeout waited for");
+    assert_eq!(outcomes.len(), 300);
+    assert!(outcomes.iter().all(|o| o.status == RcptStatus::Delivered));
+    peer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_trickling_bytes_cannot_stretch_a_phase() {
+    // One byte of the greeting every 4 minutes: the 5-minute `initial` deadline holds.
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let peer = tokio::spawn(async move {
+        let (_rd, mut wr) = tokio::io::split(theirs);
+        for b in b"220 slow.example ESMTP\r\n" {
+            tokio::time::sleep(Duration::from_secs(240)).await;
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    let started = tokio::time::Instant::now();
+    let c = client(false, &["bob@example.net"], 3);
+    let outcomes = attempt(ours, c, b"x\r\n", &AttemptTimeouts::default()).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(300));
+    assert_eq!(outcomes[0].status, RcptStatus::TempFail);
+    peer.abort();
+}

@@ -887,10 +887,10 @@ impl Session {
             match &mut self.phase {
                 Phase::Command => {
                     let Some(line) = self.next_line() else { break };
-                    if !self.screen(&line, now) {
+                    let Some(verb) = self.screen(&line, now) else {
                         continue;
-                    }
-                    if let Some(line) = self.delay(line, now) {
+                    };
+                    if let Some(line) = self.delay(line, verb, now) {
                         self.handle_line(&line, now);
                     }
                 }
@@ -956,9 +956,9 @@ impl Session {
     }
 
     /// The checks a command line meets as it is taken from the input, before any delay:
-    /// the open-proxy probe, synchronization and stuffing. False when the line is done with
-    /// (answered, or the session closed).
-    fn screen(&mut self, line: &[u8], now: Instant) -> bool {
+    /// the open-proxy probe, synchronization and stuffing. Returns the line's verb for what
+    /// follows, or None when the line is done with (answered, or the session closed).
+    fn screen(&mut self, line: &[u8], now: Instant) -> Option<&'static str> {
         if self.stats.commands == 0 && command::is_proxy_probe(line) {
             // Sendmail's `%.40s`: the first 40 characters, cut without a mark.
             let text = command::strip_eol(line);
@@ -967,13 +967,13 @@ impl Session {
             self.finding(Finding::OpenProxy { command }, action);
             let r = reply::open_proxy(&self.cfg.hostname, &self.client.display());
             if self.close_with(action, &r) {
-                return false;
+                return None;
             }
         }
         let verb = command::verb_name(line);
         // Out of sync with `ignore`: noted, and the stuffing check below still applies.
         if self.rejecting.is_none() && self.out_of_sync(verb) && self.is_closed() {
-            return false;
+            return None;
         }
         if matches!(verb, "HELO" | "EHLO") && self.stuffed(verb) {
             match self.cfg.actions.stuffing {
@@ -986,16 +986,16 @@ impl Session {
                         self.rejecting = Some(reply::command_rejected());
                     }
                     self.arm_for_next_command(now);
-                    return false;
+                    return None;
                 }
                 Action::Drop => {
                     self.close();
-                    return false;
+                    return None;
                 }
                 Action::Ignore => {}
             }
         }
-        true
+        Some(verb)
     }
 
     /// Input is waiting behind the command just taken although the client has not seen its
@@ -1088,10 +1088,9 @@ impl Session {
         }
     }
 
-    /// Puts the command delay before `line`, within the delay budget. Returns the line when
+    /// Puts the command delay before `line` (whose verb is `command`), within the delay budget. Returns the line when
     /// it is to be handled now (no delay, or QUIT and RSET, which Sendmail never delays).
-    fn delay(&mut self, line: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
-        let command = command::verb_name(&line);
+    fn delay(&mut self, line: Vec<u8>, command: &'static str, now: Instant) -> Option<Vec<u8>> {
         let in_rcpt = command == "RCPT" && self.tx.is_some() && self.rejecting.is_none();
         let bad_rcpt = self.cfg.actions.bad_rcpt;
         let shutdown = self.cfg.bad_rcpt_shutdown;

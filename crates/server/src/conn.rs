@@ -389,7 +389,10 @@ impl Driver {
                 );
                 match self.checks.rcpt(&self.rt.access, recipient, relay_denied) {
                     RcptStep::Check => return None,
-                    RcptStep::AcceptUnchecked => return Some(self.unchecked(recipient)),
+                    // A transaction being discarded: accepted without the user lookup, as
+                    // Sendmail does; relaying is still refused.
+                    RcptStep::AcceptUnchecked if relay_denied => return None,
+                    RcptStep::AcceptUnchecked => return Some(Verdict::Accept),
                     RcptStep::Act(finding) => finding,
                 }
             }
@@ -406,15 +409,6 @@ impl Driver {
                 _ => None,
             },
             _ => None,
-        }
-    }
-
-    /// A recipient of a transaction being discarded: accepted without the user lookup, as
-    /// Sendmail does; relaying is still refused.
-    fn unchecked(&self, recipient: &portcullis_smtp::ReversePath) -> Verdict {
-        match self.rt.policy.recipients.classify(recipient) {
-            RecipientVerdict::RelayDenied => self.rt.policy.recipients.check_rcpt(recipient),
-            _ => Verdict::Accept,
         }
     }
 

@@ -105,24 +105,34 @@ fn stored(dir: &Path) -> Vec<String> {
 const MESSAGE: &[u8] =
     b"Subject: relay test\r\n\r\n.a line that starts with a dot\r\n..two dots\r\nlast line\r\n";
 
-#[tokio::test]
-async fn smtp_next_hop_gets_the_message_and_each_recipient_its_outcome() {
+/// Delivers `MESSAGE` to `recipients` through a fresh aiosmtpd next hop speaking `kind`
+/// (`smtp` or `lmtp`); returns the outcomes and the directory the peer stored into.
+async fn deliver_to_aiosmtpd(
+    kind: &str,
+    recipients: &[&str],
+) -> (Vec<RcptOutcome>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("smtp", dir.path());
+    let peer = Peer::start(kind, dir.path());
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", peer.port))
         .await
         .unwrap();
-    let c = client(
-        false,
+    let c = client(kind == "lmtp", recipients, MESSAGE.len());
+    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    (outcomes, dir)
+}
+
+#[tokio::test]
+async fn smtp_next_hop_gets_the_message_and_each_recipient_its_outcome() {
+    let (outcomes, dir) = deliver_to_aiosmtpd(
+        "smtp",
         &[
             "bob@example.net",
             "nosuch@example.net",
             "later@example.net",
             "carol@example.net",
         ],
-        MESSAGE.len(),
-    );
-    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    )
+    .await;
     assert_eq!(
         statuses(&outcomes),
         vec![
@@ -151,17 +161,11 @@ async fn smtp_next_hop_gets_the_message_and_each_recipient_its_outcome() {
 
 #[tokio::test]
 async fn lmtp_next_hop_answers_each_recipient_after_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("lmtp", dir.path());
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", peer.port))
-        .await
-        .unwrap();
-    let c = client(
-        true,
+    let (outcomes, dir) = deliver_to_aiosmtpd(
+        "lmtp",
         &["bob@example.net", "full@example.net", "nosuch@example.net"],
-        MESSAGE.len(),
-    );
-    let outcomes = attempt(stream, c, MESSAGE, &AttemptTimeouts::default()).await;
+    )
+    .await;
     assert_eq!(
         statuses(&outcomes),
         vec![

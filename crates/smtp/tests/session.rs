@@ -1494,26 +1494,21 @@ fn more_drop_actions_close_without_a_reply() {
     }
     assert_eq!(h.send(b"XYZZY\r\n"), "");
     assert!(h.session.is_closed());
-    // The bad-recipient throttle.
-    let mut cfg = with_actions(Action::Drop);
-    cfg.bad_rcpt_throttle = 1;
-    let mut h = harness_with(cfg, client());
-    h.policy = Box::new(unknown_bad_users);
-    h.ehlo();
-    h.send(b"MAIL FROM:<a@example.org>\r\n");
-    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
-    assert_eq!(h.send(b"RCPT TO:<r1@localhost>\r\n"), "");
-    assert!(h.session.is_closed());
-    // The bad-recipient shutdown.
-    let mut cfg = with_actions(Action::Drop);
-    cfg.bad_rcpt_shutdown = 1;
-    let mut h = harness_with(cfg, client());
-    h.policy = Box::new(unknown_bad_users);
-    h.ehlo();
-    h.send(b"MAIL FROM:<a@example.org>\r\n");
-    assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
-    assert_eq!(h.send(b"RCPT TO:<r1@localhost>\r\n"), "");
-    assert!(h.session.is_closed());
+    // The bad-recipient throttle, then the shutdown: each drops the RCPT after a bad one.
+    let after_a_bad_rcpt = |set: fn(&mut SessionConfig)| {
+        let mut cfg = with_actions(Action::Drop);
+        set(&mut cfg);
+        let mut h = harness_with(cfg, client());
+        h.policy = Box::new(unknown_bad_users);
+        h.ehlo();
+        h.send(b"MAIL FROM:<a@example.org>\r\n");
+        assert!(h.send(b"RCPT TO:<bad1@localhost>\r\n").starts_with("550"));
+        assert_eq!(h.send(b"RCPT TO:<r1@localhost>\r\n"), "");
+        assert!(h.session.is_closed());
+        h
+    };
+    after_a_bad_rcpt(|cfg| cfg.bad_rcpt_throttle = 1);
+    let h = after_a_bad_rcpt(|cfg| cfg.bad_rcpt_shutdown = 1);
     assert_eq!(
         h.notes.last(),
         Some(&Note::Defence {

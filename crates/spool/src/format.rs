@@ -36,6 +36,8 @@
 //! held <0|1>\n
 //! done <one 0/1 per recipient, empty value if none>\n
 //! last-error <value>\n        (only when set)
+//! rcpt-error <index> <value>\n (zero or more: a recipient's last temporary failure;
+//!                             index into the recipients, at most once each)
 //! END <queue-id>\n
 //! ```
 
@@ -278,6 +280,13 @@ pub(crate) fn encode_state(id: &QueueId, state: &DeliveryState) -> Vec<u8> {
     if let Some(err) = &state.last_error {
         push_field(&mut out, "last-error", err);
     }
+    for (i, err) in state.rcpt_errors.iter().enumerate() {
+        if let Some(err) = err {
+            out.extend_from_slice(format!("rcpt-error {i} ").as_bytes());
+            encode_value(err, &mut out);
+            out.push(b'\n');
+        }
+    }
     out.extend_from_slice(format!("END {id}\n").as_bytes());
     out
 }
@@ -300,7 +309,7 @@ pub(crate) fn decode_state(
         let (key, raw) = split_field(line)?;
         fields.apply(key, raw)?;
     }
-    let state = fields.finish()?;
+    let state = fields.finish(recipients)?;
     if !state.done.is_empty() && state.done.len() != recipients {
         return Err(format!(
             "done has {} entries for {recipients} recipients",
@@ -317,6 +326,7 @@ struct StateFields {
     held: Option<bool>,
     done: Option<Vec<bool>>,
     last_error: Option<String>,
+    rcpt_errors: Vec<(usize, String)>,
 }
 
 impl StateFields {
@@ -333,16 +343,36 @@ impl StateFields {
                 key,
             ),
             "last-error" => set_once(&mut self.last_error, decode_value(raw)?, key),
+            "rcpt-error" => {
+                let (index, value) = split_field(raw)?;
+                let index: usize = parse_num(index.as_bytes(), key)?;
+                if self.rcpt_errors.iter().any(|(i, _)| *i == index) {
+                    return Err(format!("duplicate rcpt-error {index}"));
+                }
+                self.rcpt_errors.push((index, decode_value(value)?));
+                Ok(())
+            }
             _ => Err(format!("unknown field {key:?}")),
         }
     }
 
-    fn finish(self) -> Result<DeliveryState, String> {
+    fn finish(self, recipients: usize) -> Result<DeliveryState, String> {
+        let mut rcpt_errors = Vec::new();
+        if !self.rcpt_errors.is_empty() {
+            rcpt_errors = vec![None; recipients];
+            for (index, err) in self.rcpt_errors {
+                let slot = rcpt_errors
+                    .get_mut(index)
+                    .ok_or_else(|| format!("rcpt-error {index} for {recipients} recipients"))?;
+                *slot = Some(err);
+            }
+        }
         Ok(DeliveryState {
             attempts: require(self.attempts, "attempts")?,
             next_attempt_at: require(self.next_attempt_at, "next-attempt-at")?,
             done: require(self.done, "done")?,
             last_error: self.last_error,
+            rcpt_errors,
             held: require(self.held, "held")?,
         })
     }
@@ -451,10 +481,20 @@ mod tests {
             next_attempt_at: -5,
             done: vec![true, false],
             last_error: Some("451 4.4.1 try\r\nlater %".into()),
+            rcpt_errors: vec![None, Some("451 4.3.0 busy\r\nnow".into())],
             held: true,
         };
         let bytes = encode_state(&id(), &state);
         assert_eq!(decode_state(&bytes, &id(), 2).unwrap(), state);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for (bad, why) in [
+            ("rcpt-error 1 ", "rcpt-error 2 "),
+            ("rcpt-error 1 ", "rcpt-error x "),
+            ("rcpt-error 1 ", "rcpt-error 1 a\nrcpt-error 1 "),
+        ] {
+            let edited = text.replace(bad, why);
+            assert!(decode_state(edited.as_bytes(), &id(), 2).is_err(), "{why}");
+        }
         assert!(
             decode_state(&bytes, &id(), 3).is_err(),
             "done length mismatch"

@@ -54,5 +54,8 @@ pub struct DeliveryState {
     /// Per recipient, in `Envelope::recipients` order; empty = none done.
     pub done: Vec<bool>,
     pub last_error: Option<String>,
+    /// Per recipient, in `Envelope::recipients` order: its last temporary failure;
+    /// empty = none recorded.
+    pub rcpt_errors: Vec<Option<String>>,
     pub held: bool,
 }

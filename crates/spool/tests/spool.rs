@@ -169,6 +169,7 @@ fn state_round_trip_and_remove() {
         next_attempt_at: T0 + 900,
         done: vec![true, false],
         last_error: Some("451 4.4.1 host down\r\nsecond line".into()),
+        rcpt_errors: vec![None, Some("451 4.4.1 host down".into())],
         held: false,
     };
     spool.write_state(&id, &state).unwrap();

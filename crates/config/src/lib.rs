@@ -22,6 +22,7 @@ mod model;
 mod names;
 pub mod next_hop;
 mod raw;
+pub mod relay;
 mod timeouts;
 mod validate;
 
@@ -34,6 +35,7 @@ pub use model::{
     LogFormat, MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig,
     Timeouts,
 };
+pub use relay::{RelayConfig, Route, RouteDomain, Routes};
 
 use diagnostic::Report;
 use validate::HostnameSource;

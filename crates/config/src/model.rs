@@ -20,6 +20,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::relay::{RelayConfig, Routes};
+
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -38,6 +40,10 @@ pub struct Config {
     pub conn_control: ConnControlConfig,
     pub limits: LimitsConfig,
     pub load: LoadConfig,
+    /// `[relay]`: who may relay, and which domains are relayed for anyone.
+    pub relay: RelayConfig,
+    /// `[[route]]`: the next hop per domain.
+    pub routes: Routes,
 }
 
 /// What a defence does with a finding (defined beside the session, which applies it).
@@ -461,6 +467,10 @@ pub struct QueueConfig {
     pub retry_max: Duration,
     /// Bounce after this long in the queue.
     pub lifetime: Duration,
+    /// Connections open to one next hop at once (Postfix's destination concurrency).
+    pub connections_per_hop: u32,
+    /// Relay connections open at once, all next hops together.
+    pub max_connections: u32,
 }
 
 impl Default for QueueConfig {
@@ -469,6 +479,8 @@ impl Default for QueueConfig {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(60 * 60),
             lifetime: Duration::from_secs(5 * 24 * 60 * 60),
+            connections_per_hop: 10,
+            max_connections: 100,
         }
     }
 }

@@ -53,6 +53,25 @@ pub(crate) struct RawConfig {
     pub(crate) limits: RawLimits,
     #[serde(default)]
     pub(crate) load: RawLoad,
+    #[serde(default)]
+    pub(crate) relay: RawRelay,
+    /// `[[route]]` tables, in the order written.
+    #[serde(default)]
+    pub(crate) route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [relay] table")]
+pub(crate) struct RawRelay {
+    pub(crate) domains: TextList,
+    pub(crate) networks: TextList,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[route]] table")]
+pub(crate) struct RawRoute {
+    pub(crate) domain: Text,
+    pub(crate) next_hop: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +302,8 @@ pub(crate) struct RawQueue {
     pub(crate) retry_min: Text,
     pub(crate) retry_max: Text,
     pub(crate) lifetime: Text,
+    pub(crate) connections_per_hop: Option<Spanned<u64>>,
+    pub(crate) max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,7 +343,7 @@ pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
 }
 
 /// The sections of the file, i.e. the fields of `RawConfig`.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "smtp",
     "local",
@@ -336,6 +357,7 @@ const SECTIONS: [&str; 13] = [
     "conn_control",
     "limits",
     "load",
+    "relay",
 ];
 
 /// A section given as something other than a table (`server = 5`, or `[[server]]`) is

@@ -28,7 +28,7 @@ use crate::raw::{
     RawBareLf, RawConfig, RawDelayChecks, RawLog, RawLogDestination, RawLogFormat, RawQueue,
     RawServer, RawSmtp, Text, TextList,
 };
-use crate::{admission, defences, load, local, timeouts};
+use crate::{admission, defences, load, local, relay, timeouts};
 
 /// Where the machine's host name comes from; a parameter so tests need not depend on the
 /// name of the machine they run on.
@@ -47,11 +47,13 @@ pub(crate) fn config(
 ) -> Config {
     // `[load]`'s session percentages are of the validated `limits.max_sessions`.
     let limits = admission::limits(&raw.limits, report);
+    let local = local::local(&raw.local, report);
+    let routes = relay::routes(&raw.route, &local.domains, report);
     Config {
         origin: report.file().to_owned(),
         server: server(&raw.server, report, system_hostname),
         smtp: smtp(&raw.smtp, report),
-        local: local::local(&raw.local, report),
+        local,
         timeouts: timeouts::timeouts(&raw.timeouts, report),
         queue: queue(&raw.queue, report),
         log: log(&raw.log),
@@ -62,6 +64,8 @@ pub(crate) fn config(
         conn_control: admission::conn_control(&raw.conn_control),
         limits,
         load: load::load(&raw.load, limits.max_sessions, cpus, report),
+        relay: relay::relay(&raw.relay, report),
+        routes,
     }
 }
 
@@ -245,6 +249,20 @@ fn queue(raw: &RawQueue, report: &mut Report<'_>) -> QueueConfig {
         retry_min: nonzero_duration(&raw.retry_min, "queue.retry_min", default.retry_min, report),
         retry_max: nonzero_duration(&raw.retry_max, "queue.retry_max", default.retry_max, report),
         lifetime: nonzero_duration(&raw.lifetime, "queue.lifetime", default.lifetime, report),
+        connections_per_hop: bounded(
+            &raw.connections_per_hop,
+            "queue.connections_per_hop",
+            1..=1000,
+            default.connections_per_hop,
+            report,
+        ),
+        max_connections: bounded(
+            &raw.max_connections,
+            "queue.max_connections",
+            1..=10_000,
+            default.max_connections,
+            report,
+        ),
     };
     if queue.retry_min > queue.retry_max {
         let span = raw

@@ -1224,3 +1224,118 @@ fn docs_show_the_embedded_default() {
         "docs/config.md is out of date with default.toml"
     );
 }
+
+#[test]
+fn relay_and_routes_round_trip() {
+    let src = format!(
+        "[relay]\ndomains = [\"Example.NET.\", \".sub.example.org\"]\n\
+         networks = [\"127.0.0.0/8\", \"::1\", \"192.0.2.7\"]\n\
+         [queue]\nconnections_per_hop = 3\nmax_connections = 40\n\
+         [[route]]\ndomain = \"example.net\"\nnext_hop = \"lmtp:[127.0.0.1]:24\"\n\
+         [[route]]\ndomain = \".sub.example.org\"\nnext_hop = \"smtp:[192.0.2.1]:2600\"\n\
+         [[route]]\ndomain = \"*\"\nnext_hop = \"lmtp:unix:/run/lmtp\"\n{QUIET_TAIL}"
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(c.relay.domains, vec!["example.net", ".sub.example.org"]);
+    let nets: Vec<String> = c.relay.networks.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, vec!["127.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+    assert_eq!(
+        (c.queue.connections_per_hop, c.queue.max_connections),
+        (3, 40)
+    );
+    let hop = |d: &str| c.routes.lookup(d).map(ToString::to_string);
+    assert_eq!(hop("example.net").as_deref(), Some("lmtp:[127.0.0.1]:24"));
+    assert_eq!(
+        hop("a.sub.example.org").as_deref(),
+        Some("smtp:[192.0.2.1]:2600")
+    );
+    assert_eq!(
+        hop("elsewhere.test").as_deref(),
+        Some("lmtp:unix:/run/lmtp")
+    );
+}
+
+#[test]
+fn relay_and_routes_default_to_nothing() {
+    let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    let c = &loaded.config;
+    assert!(c.relay.domains.is_empty() && c.relay.networks.is_empty());
+    assert!(c.routes.is_empty());
+    assert_eq!(
+        (c.queue.connections_per_hop, c.queue.max_connections),
+        (10, 100)
+    );
+}
+
+#[test]
+fn relay_and_route_bad_values_at_their_lines() {
+    let table: &[(&str, usize, &str)] = &[
+        (
+            "[relay]\ndomains = [\"ok.test\",\n  \"bad..test\"]\n",
+            3,
+            "`relay.domains`: \"bad..test\"",
+        ),
+        (
+            "[relay]\nnetworks = [\"10.0.0.1/8\"]\n",
+            2,
+            "did you mean 10.0.0.0/8?",
+        ),
+        (
+            "[relay]\nnetworks = [\"example.net\"]\n",
+            2,
+            "is not an address or a network",
+        ),
+        (
+            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:example.net:99999\"\n",
+            3,
+            "`route.next_hop`",
+        ),
+        (
+            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"ftp:[127.0.0.1]\"\n",
+            3,
+            "unknown protocol",
+        ),
+        (
+            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:[127.0.0.1]\"\n\
+             [[route]]\ndomain = \"EXAMPLE.net\"\nnext_hop = \"smtp:[127.0.0.2]\"\n",
+            5,
+            "has a route already",
+        ),
+        ("[[route]]\ndomain = \"example.net\"\n", 1, "needs both"),
+        (
+            "[queue]\nconnections_per_hop = 0\n",
+            2,
+            "between 1 and 1000",
+        ),
+    ];
+    assert_one_error_each(table);
+}
+
+#[test]
+fn relay_warnings_at_their_lines() {
+    let src = format!(
+        "[relay]\nnetworks = [\"0.0.0.0/0\"]\n\
+         [[route]]\ndomain = \"localhost\"\nnext_hop = \"smtp:[127.0.0.1]\"\n{QUIET_TAIL}\
+         domains = [\"localhost\"]\n"
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    let lines: Vec<(usize, &str)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.message.as_str()))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 2 && m.contains("open relay")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 4 && m.contains("delivered to Maildir")),
+        "{lines:?}"
+    );
+}

@@ -21,7 +21,7 @@ pub mod greet_pause;
 pub mod recipients;
 
 pub use access::{AccessMap, Action, Diagnostic, Entry, Parsed, Tag, UserStep};
-pub use recipients::{LocalRecipients, RecipientVerdict};
+pub use recipients::{LocalRecipients, RecipientVerdict, RelayRights};
 
 use portcullis_smtp::{Ask, Verdict};
 
@@ -33,11 +33,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Answers one of the session's questions (one arm per verb; each a single call).
-    pub fn decide(&self, ask: &Ask) -> Verdict {
+    /// Answers one of the session's questions (one arm per verb; each a single call);
+    /// `relay` is what the client and the recipient's domain may relay.
+    pub fn decide(&self, ask: &Ask, relay: RelayRights) -> Verdict {
         match ask {
             Ask::Helo { .. } | Ask::Mail { .. } | Ask::Data => Verdict::Accept,
-            Ask::Rcpt { recipient, .. } => self.recipients.check_rcpt(recipient),
+            Ask::Rcpt { recipient, .. } => self.recipients.check_rcpt(recipient, relay),
         }
     }
 }

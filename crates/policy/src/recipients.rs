@@ -8,8 +8,13 @@
 //! Rules: a recipient whose domain is one of ours is accepted when the user list is empty
 //! (every local part) or lists the local part (case-insensitive); otherwise
 //! `550 5.1.1 <addr>... User unknown`. `<Postmaster>` is always accepted (RFC 5321 §4.5.1).
-//! Any other domain, and every address literal, is `550 5.7.1 <addr>... Relaying denied`
-//! (relay rules come with the relay issue).
+//! A recipient elsewhere is relayed (Sendmail's `Relay_ok`/`Rcpt_ok`) when the client may
+//! relay (`[relay] networks`, `Connect:<client> RELAY`: any domain, address literals too),
+//! or when its domain is a relay domain (`[relay] domains`, `To:<domain> RELAY`) and its
+//! local part carries no routing of its own (`%`, `!`, or a quoted `@`: Sendmail without
+//! `FEATURE(loose_relay_check)` refuses `user%elsewhere@relaydomain` the same way). Any
+//! other recipient, and every address literal from a client that may not relay, is
+//! `550 5.7.1 <addr>... Relaying denied`.
 //!
 //! When every local part is accepted, the local part becomes a mailbox directory name, so it
 //! must be a safe one: a quoted local part, or one with characters outside
@@ -35,8 +40,22 @@ pub enum RecipientVerdict {
     Postmaster,
     /// A local domain but no such user.
     UnknownUser,
+    /// Not ours, relayed onward to this domain (lowercased; an address literal as written).
+    Remote {
+        /// Where it goes.
+        domain: String,
+    },
     /// Not ours and not relayable.
     RelayDenied,
+}
+
+/// What lets a recipient elsewhere through, besides the relay domains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayRights {
+    /// The client may relay to any domain (`[relay] networks`, `Connect:<client> RELAY`).
+    pub client: bool,
+    /// The recipient's domain has `To:<domain> RELAY` in the access map.
+    pub recipient_domain: bool,
 }
 
 /// The local domains and users, resolved from the configuration once per load.
@@ -44,6 +63,8 @@ pub enum RecipientVerdict {
 pub struct LocalRecipients {
     domains: Vec<String>,
     users: HashSet<String>,
+    /// `[relay] domains`: `example.net`, or `.example.net` for its subdomains.
+    relay_domains: Vec<String>,
 }
 
 impl LocalRecipients {
@@ -55,7 +76,28 @@ impl LocalRecipients {
         Self {
             domains: domains.into_iter().map(|d| normalize_domain(&d)).collect(),
             users: users.into_iter().map(|u| u.to_lowercase()).collect(),
+            relay_domains: Vec::new(),
         }
+    }
+
+    /// The relay domains (`example.net`, or `.example.net` for every subdomain).
+    #[must_use]
+    pub fn with_relay_domains(mut self, domains: impl IntoIterator<Item = String>) -> Self {
+        self.relay_domains = domains.into_iter().map(|d| normalize_domain(&d)).collect();
+        self
+    }
+
+    /// True when `domain` is a relay domain.
+    pub fn is_relay_domain(&self, domain: &str) -> bool {
+        let d = normalize_domain(domain);
+        self.relay_domains
+            .iter()
+            .any(|r| match r.strip_prefix('.') {
+                Some(parent) => d
+                    .strip_suffix(parent)
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                None => *r == d,
+            })
     }
 
     /// True when `domain` is one of ours.
@@ -69,14 +111,30 @@ impl LocalRecipients {
         self.domains.first().map(String::as_str)
     }
 
-    /// Classifies a RCPT forward-path.
-    pub fn classify(&self, path: &ReversePath) -> RecipientVerdict {
+    /// Classifies a RCPT forward-path for a client with these relaying rights.
+    pub fn classify(&self, path: &ReversePath, rights: RelayRights) -> RecipientVerdict {
         let mailbox = match path {
             ReversePath::Postmaster => return RecipientVerdict::Postmaster,
             ReversePath::Null => return RecipientVerdict::RelayDenied,
             ReversePath::Mailbox(m) => m,
         };
-        if mailbox.is_address_literal() || !self.is_local_domain(&mailbox.domain) {
+        let literal = mailbox.is_address_literal();
+        if literal || !self.is_local_domain(&mailbox.domain) {
+            let remote = RecipientVerdict::Remote {
+                domain: if literal {
+                    mailbox.domain.clone()
+                } else {
+                    normalize_domain(&mailbox.domain)
+                },
+            };
+            if rights.client {
+                return remote;
+            }
+            let relay_domain =
+                !literal && (rights.recipient_domain || self.is_relay_domain(&mailbox.domain));
+            if relay_domain && !has_own_routing(&mailbox.local) {
+                return remote;
+            }
             return RecipientVerdict::RelayDenied;
         }
         let local = mailbox.local.to_lowercase();
@@ -97,9 +155,14 @@ impl LocalRecipients {
     }
 
     /// The verdict and reply for RCPT (the session's question).
-    pub fn check_rcpt(&self, path: &ReversePath) -> Verdict {
-        match (self.classify(path), path) {
-            (RecipientVerdict::Local { .. } | RecipientVerdict::Postmaster, _) => Verdict::Accept,
+    pub fn check_rcpt(&self, path: &ReversePath, rights: RelayRights) -> Verdict {
+        match (self.classify(path, rights), path) {
+            (
+                RecipientVerdict::Local { .. }
+                | RecipientVerdict::Postmaster
+                | RecipientVerdict::Remote { .. },
+                _,
+            ) => Verdict::Accept,
             (RecipientVerdict::UnknownUser, ReversePath::Mailbox(m)) => {
                 Verdict::Reject(reply::user_unknown(m))
             }
@@ -111,7 +174,10 @@ impl LocalRecipients {
     /// Where mail to this mailbox goes, if it is ours (used at delivery time, after the
     /// message was accepted for it).
     pub fn mailbox_for(&self, recipient: &Mailbox) -> Option<(String, String)> {
-        match self.classify(&ReversePath::Mailbox(recipient.clone())) {
+        match self.classify(
+            &ReversePath::Mailbox(recipient.clone()),
+            RelayRights::default(),
+        ) {
             RecipientVerdict::Local { domain, local } => Some((domain, local)),
             _ => None,
         }
@@ -120,6 +186,12 @@ impl LocalRecipients {
 
 fn normalize_domain(d: &str) -> String {
     d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase()
+}
+
+/// A local part that routes by itself: `user%host`, `host!user`, or a quoted `"user@host"`.
+/// Relayed to a relay domain, the next hop might send it on to `host`.
+fn has_own_routing(local: &str) -> bool {
+    local.contains(['%', '!', '@'])
 }
 
 /// A local part we are willing to turn into a directory name.
@@ -225,25 +297,120 @@ mod tests {
             ),
         ];
         for (policy, input, want) in table {
-            assert_eq!(&policy.classify(&path(input)), want, "{input}");
+            assert_eq!(
+                &policy.classify(&path(input), RelayRights::default()),
+                want,
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn replies_match_sendmail() {
         let p = listed_users();
-        assert_eq!(p.check_rcpt(&path("alice@localhost")), Verdict::Accept);
+        assert_eq!(
+            p.check_rcpt(&path("alice@localhost"), RelayRights::default()),
+            Verdict::Accept
+        );
         let text = |v: Verdict| match v {
             Verdict::Reject(r) => r.to_log_string(),
             other => format!("{other:?}"),
         };
         assert_eq!(
-            text(p.check_rcpt(&path("carol@localhost"))),
+            text(p.check_rcpt(&path("carol@localhost"), RelayRights::default())),
             "550 5.1.1 <carol@localhost>... User unknown"
         );
         assert_eq!(
-            text(p.check_rcpt(&path("x@relay.example"))),
+            text(p.check_rcpt(&path("x@relay.example"), RelayRights::default())),
             "550 5.7.1 <x@relay.example>... Relaying denied"
         );
+    }
+
+    /// The relay tricks of RFC 2505 and the classic relay tests, from a client that may not
+    /// relay, against a relay domain: all refused. The same recipients from a client that
+    /// may relay go through.
+    #[test]
+    fn relay_domains_refuse_the_tricks() {
+        let p = LocalRecipients::new(["localhost".into()], Vec::new())
+            .with_relay_domains(["relay.example".into(), ".sub.example".into()]);
+        let none = RelayRights::default();
+        let client = RelayRights {
+            client: true,
+            recipient_domain: false,
+        };
+        let to = RelayRights {
+            client: false,
+            recipient_domain: true,
+        };
+        let remote = |d: &str| RecipientVerdict::Remote { domain: d.into() };
+        let denied = RecipientVerdict::RelayDenied;
+        let table: &[(&str, RelayRights, RecipientVerdict)] = &[
+            ("user@relay.example", none, remote("relay.example")),
+            ("user@RELAY.Example", none, remote("relay.example")),
+            ("user@mx.sub.example", none, remote("mx.sub.example")),
+            ("user@sub.example", none, denied.clone()),
+            ("user@elsewhere.example", none, denied.clone()),
+            ("user%elsewhere.example@relay.example", none, denied.clone()),
+            ("elsewhere.example!user@relay.example", none, denied.clone()),
+            (
+                "\"user@elsewhere.example\"@relay.example",
+                none,
+                denied.clone(),
+            ),
+            ("\"user%elsewhere\"@relay.example", none, denied.clone()),
+            (
+                "@relay.example:user@elsewhere.example",
+                none,
+                denied.clone(),
+            ),
+            (
+                "@relay.example,@localhost:user@elsewhere.example",
+                none,
+                denied.clone(),
+            ),
+            ("user@[192.0.2.1]", none, denied.clone()),
+            ("user@[IPv6:2001:db8::1]", none, denied.clone()),
+            ("user@[192.0.2.1]", to, denied.clone()),
+            ("user@elsewhere.example", to, remote("elsewhere.example")),
+            ("user%x@elsewhere.example", to, denied),
+            (
+                "user@elsewhere.example",
+                client,
+                remote("elsewhere.example"),
+            ),
+            (
+                "user%x@elsewhere.example",
+                client,
+                remote("elsewhere.example"),
+            ),
+            ("user@[192.0.2.1]", client, remote("[192.0.2.1]")),
+            (
+                "user@localhost",
+                client,
+                RecipientVerdict::Local {
+                    domain: "localhost".into(),
+                    local: "user".into(),
+                },
+            ),
+            ("user%x@localhost", client, RecipientVerdict::UnknownUser),
+        ];
+        for (input, rights, want) in table {
+            assert_eq!(
+                &p.classify(&path(input), *rights),
+                want,
+                "{input} {rights:?}"
+            );
+        }
+        assert_eq!(
+            p.check_rcpt(&path("a@relay.example"), none),
+            Verdict::Accept
+        );
+        match p.check_rcpt(&path("a%b@relay.example"), none) {
+            Verdict::Reject(r) => assert_eq!(
+                r.to_log_string(),
+                "550 5.7.1 <a%b@relay.example>... Relaying denied"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use portcullis_config::Action;
 use portcullis_policy::Tag;
 use portcullis_policy::checks::{self, Outcome, RcptStep, SessionChecks};
-use portcullis_policy::recipients::RecipientVerdict;
+use portcullis_policy::recipients::{RecipientVerdict, RelayRights};
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
     Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Finding,
@@ -102,6 +102,7 @@ where
         log_id: None,
         delay_trigger: None,
         checks: SessionChecks::default(),
+        client_relays: false,
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
@@ -220,6 +221,8 @@ struct Driver {
     delay_trigger: Option<(&'static str, u64, u64)>,
     /// The access-map checks of this session (`Connect:`, `From:`, `To:`, `delay_checks`).
     checks: SessionChecks,
+    /// The client may relay to any domain (`[relay] networks`, `Connect:<client> RELAY`).
+    client_relays: bool,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -236,6 +239,8 @@ impl Driver {
     ) -> Option<Session> {
         let cfg = self.rt.session.clone();
         let now = clock::now();
+        self.client_relays = self.rt.config.relay.client_may_relay(client.addr)
+            || checks::client_may_relay(&self.rt.access, client.name.as_deref(), client.addr);
         // A talker's early lines are commands like any other: DelayLA applies to them too.
         let delay = self.command_delay();
         let features = self
@@ -384,7 +389,10 @@ impl Driver {
             Ask::Rcpt { recipient, .. } => {
                 // Sendmail's check_rcpt tests relaying before the held delay_checks results.
                 let relay_denied = matches!(
-                    self.rt.policy.recipients.classify(recipient),
+                    self.rt
+                        .policy
+                        .recipients
+                        .classify(recipient, self.relay_rights(ask)),
                     RecipientVerdict::RelayDenied
                 );
                 match self.checks.rcpt(&self.rt.access, recipient, relay_denied) {
@@ -409,6 +417,21 @@ impl Driver {
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    /// What may be relayed: anything for a client with relaying rights; else, for a RCPT,
+    /// whether its domain has `To:<domain> RELAY`.
+    fn relay_rights(&self, ask: &Ask) -> RelayRights {
+        let recipient_domain = match ask {
+            Ask::Rcpt { recipient, .. } if !self.client_relays => {
+                checks::recipient_domain_relays(&self.rt.access, recipient)
+            }
+            _ => false,
+        };
+        RelayRights {
+            client: self.client_relays,
+            recipient_domain,
         }
     }
 
@@ -477,7 +500,25 @@ impl Driver {
     fn answer(&mut self, session: &mut Session, ask: &Ask) {
         let verdict = match self.access_verdict(session, ask) {
             Some(v) => v,
-            None => self.rt.policy.decide(ask),
+            None => {
+                let rights = self.relay_rights(ask);
+                let verdict = self.rt.policy.decide(ask, rights);
+                if let (Ask::Rcpt { recipient, .. }, Verdict::Reject(reply)) = (ask, &verdict) {
+                    let relaying = matches!(
+                        self.rt.policy.recipients.classify(recipient, rights),
+                        RecipientVerdict::RelayDenied
+                    );
+                    let qid = self.log_id(session);
+                    self.shared.telemetry.emit(Event::RecipientRefused {
+                        qid: &qid,
+                        relay: &self.relay,
+                        recipient: &recipient.to_string(),
+                        reply: &reply.to_log_string(),
+                        relaying,
+                    });
+                }
+                verdict
+            }
         };
         if matches!(ask, Ask::Mail { .. }) && verdict == Verdict::Accept {
             session.set_queue_id(self.shared.ids.next(clock::unix_secs()).as_str());

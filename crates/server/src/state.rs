@@ -87,7 +87,8 @@ impl Runtime {
         let recipients = LocalRecipients::new(
             config.local.domains.iter().cloned(),
             config.local.users.iter().cloned(),
-        );
+        )
+        .with_relay_domains(config.relay.domains.iter().cloned());
         Self {
             session: Arc::new(session),
             policy: Policy { recipients },

@@ -230,6 +230,16 @@ pub enum Event<'a> {
         /// `file:line` of the entry.
         entry: &'a str,
     },
+    /// A RCPT refused because the recipient is not ours: Sendmail's
+    /// `<qid>: <addr>... User unknown` and, for relaying,
+    /// `<qid>: ruleset=check_rcpt, arg1=<addr>, relay=<client>, reject=550 5.7.1 <addr>... Relaying denied`.
+    RecipientRefused {
+        qid: &'a str,
+        relay: &'a str,
+        recipient: &'a str,
+        reply: &'a str,
+        relaying: bool,
+    },
     /// A message accepted from a `DISCARD` client, sender or recipient was thrown away
     /// (Sendmail's `<qid>: discarded`).
     Discarded { qid: &'a str },
@@ -627,6 +637,23 @@ impl Event<'_> {
             .with("action", action.name())
             .with("access_entry", entry)
             .with_detail_line(),
+            Self::RecipientRefused {
+                qid,
+                relay,
+                recipient,
+                reply,
+                relaying,
+            } => {
+                let text = if relaying {
+                    format!("ruleset=check_rcpt, arg1=<{recipient}>, relay={relay}, reject={reply}")
+                } else {
+                    // Sendmail logs the reply's text without the codes.
+                    let bare = reply.splitn(3, ' ').nth(2).unwrap_or(reply);
+                    bare.to_owned()
+                };
+                let name = if relaying { "relay_denied" } else { "user_unknown" };
+                r(name, Notice, Some(qid), text)
+            }
             Self::Discarded { qid } => r("access_discarded", Notice, Some(qid), "discarded".to_owned()),
             Self::SessionDefence {
                 qid,

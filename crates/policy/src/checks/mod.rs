@@ -482,6 +482,27 @@ struct Found {
 /// `SKIP` → None (it stopped the lookup with nothing found); `FRIEND`/`HATER` and unknown
 /// values → `553 5.3.0 <value>` (or the reply the value spells); the `To:` `REJECT` has its
 /// own text.
+/// Sendmail's `Connect:<client> RELAY` (also untagged, as `check_relay` reads it): the
+/// client may relay to any domain. Looked up by itself, whatever `delay_checks` says, as
+/// proto.m4's `Relay_ok` does at each RCPT.
+pub fn client_may_relay(map: &AccessMap, host: Option<&str>, addr: IpAddr) -> bool {
+    matches!(
+        read_entry(map.lookup_client_for(Tag::Connect, host, addr)),
+        Some((_, Read::Relay))
+    )
+}
+
+/// Sendmail's `To:<domain> RELAY` (or untagged): mail to this recipient's domain may be
+/// relayed by anyone, as with a relay domain. Only the domain keys (and their parents)
+/// count: a `To:user@domain` RELAY entry accepts that address, it gives no relaying rights.
+pub fn recipient_domain_relays(map: &AccessMap, recipient: &ReversePath) -> bool {
+    let ReversePath::Mailbox(m) = recipient else {
+        return false;
+    };
+    map.lookup_mail_for(Tag::To, "", &m.domain)
+        .is_some_and(|entry| matches!(entry.action(), Action::Relay))
+}
+
 fn read_entry(entry: Option<Entry<'_>>) -> Option<(Found, Read)> {
     let entry = entry?;
     let read = match entry.action() {

@@ -835,3 +835,38 @@ fn delay_checks_leave_a_relay_refusal_to_the_caller() {
         "550 5.2.1 <blocked@mx.example.test>... Mailbox disabled for this recipient"
     );
 }
+
+/// `Connect:… RELAY` gives the client relaying rights, whatever the delay mode;
+/// `To:<domain> RELAY` makes the domain (and its subdomains) a relay domain, but a
+/// `To:user@domain RELAY` does not give the domain to anyone.
+#[test]
+fn relay_rights_from_the_access_map() {
+    let m = map("Connect:192.0.2\tRELAY\n\
+         Connect:relay.example.test\tRELAY\n\
+         Connect:192.0.2.9\tOK\n\
+         198.51.100.7\tRELAY\n\
+         To:relayed.example\tRELAY\n\
+         To:user@single.example\tRELAY\n\
+         To:ok.example\tOK\n");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(client_may_relay(&m, None, ip("192.0.2.1")));
+    assert!(
+        !client_may_relay(&m, None, ip("192.0.2.9")),
+        "OK is not RELAY"
+    );
+    assert!(client_may_relay(
+        &m,
+        Some("relay.example.test"),
+        ip("203.0.113.1")
+    ));
+    assert!(client_may_relay(&m, None, ip("198.51.100.7")), "untagged");
+    assert!(!client_may_relay(&m, None, ip("203.0.113.1")));
+    let to = |s: &str| recipient_domain_relays(&m, &parse_path(s).unwrap());
+    assert!(to("a@relayed.example"));
+    assert!(to("a@mx.relayed.example"));
+    assert!(!to("user@single.example"));
+    assert!(!to("other@single.example"));
+    assert!(!to("a@ok.example"));
+    assert!(!to("a@elsewhere.example"));
+    assert!(!recipient_domain_relays(&m, &ReversePath::Postmaster));
+}

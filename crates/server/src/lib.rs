@@ -10,14 +10,17 @@
 
 pub mod access;
 pub mod admission;
+pub mod bounce;
 pub mod clock;
 pub mod cmd;
 pub mod conn;
 pub mod dns;
+pub mod dsn;
 pub mod gate;
 pub mod greet;
 pub mod hold;
 pub mod load;
+pub mod outbound;
 pub mod queue;
 pub mod relay;
 pub mod serve;

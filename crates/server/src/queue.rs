@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use portcullis_smtp::ReversePath;
-use portcullis_smtp::address::parse_path;
+use std::hash::{BuildHasher, RandomState};
+
+use portcullis_config::next_hop::NextHop;
+use portcullis_smtp::client::RcptStatus;
 use portcullis_spool::{
     DeliveryState, MaildirItem, QueueId, SpoolError, StoredMessage, unique_name,
 };
@@ -28,10 +30,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bounce;
 use crate::clock;
 use crate::load::{self, LoadAction};
+use crate::outbound::{self, Destination, RelayResult};
 use crate::state::{Runtime, Shared};
-use crate::telemetry::Event;
+use crate::telemetry::{Event, RelayStat};
 
 /// Messages scheduled in memory at most.
 pub const MAX_ACTIVE: usize = 20_000;
@@ -80,7 +84,6 @@ pub struct QueueReceiver {
 }
 
 /// What happened to one message in a delivery attempt.
-#[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     /// Every recipient delivered; the spool file is gone.
     Done,
@@ -88,6 +91,8 @@ enum Outcome {
     Retry(i64),
     /// Held for the administrator, or unreadable: not scheduled again until a restart.
     Forget,
+    /// Recipients for next hops: delivered by an async relay job, which then settles.
+    Relay(Box<RelayJob>),
 }
 
 struct Scheduler {
@@ -110,6 +115,19 @@ impl Scheduler {
         }
         self.known.insert(id.clone());
         self.ready.push_back(id);
+    }
+
+    /// Where a message goes after an attempt.
+    fn settled(&mut self, id: QueueId, outcome: Outcome) {
+        match outcome {
+            Outcome::Retry(at) => {
+                self.waiting.insert((at, id));
+            }
+            // A relay job coming back as a relay job cannot happen; forget it like Done.
+            Outcome::Done | Outcome::Forget | Outcome::Relay(_) => {
+                self.known.remove(&id);
+            }
+        }
     }
 
     fn promote_due(&mut self, now: i64) {
@@ -151,6 +169,12 @@ pub async fn run(
         sched.add(id);
     }
     let mut workers: JoinSet<Vec<(QueueId, Outcome)>> = JoinSet::new();
+    let mut relays: JoinSet<(QueueId, Outcome)> = JoinSet::new();
+    let (max_relays, limits) = {
+        let q = &shared.runtime.load().config.queue;
+        let limits = outbound::Limits::new(q.max_connections, q.connections_per_hop);
+        (q.max_connections as usize, Arc::new(limits))
+    };
     let mut last_scan = clock::now();
     let mut held = false;
     loop {
@@ -170,7 +194,13 @@ pub async fn run(
             }
             _ => {}
         }
-        while !held && workers.len() < WORKERS && !sched.ready.is_empty() {
+        // Each relay job holds one message in memory: at most `max_connections` of them
+        // (a batch can add BATCH more).
+        while !held
+            && workers.len() < WORKERS
+            && relays.len() < max_relays
+            && !sched.ready.is_empty()
+        {
             let n = sched.ready.len().min(BATCH);
             let batch: Vec<QueueId> = sched.ready.drain(..n).collect();
             let shared = shared.clone();
@@ -193,9 +223,16 @@ pub async fn run(
             Some(done) = workers.join_next(), if !workers.is_empty() => {
                 for (id, outcome) in done.unwrap_or_default() {
                     match outcome {
-                        Outcome::Retry(at) => { sched.waiting.insert((at, id)); }
-                        Outcome::Done | Outcome::Forget => { sched.known.remove(&id); }
+                        Outcome::Relay(job) => {
+                            relays.spawn(relay_job(shared.clone(), limits.clone(), *job));
+                        }
+                        other => sched.settled(id, other),
                     }
+                }
+            }
+            Some(done) = relays.join_next(), if !relays.is_empty() => {
+                if let Ok((id, outcome)) = done {
+                    sched.settled(id, outcome);
                 }
             }
             () = tokio::time::sleep(wake) => sched.promote_due(clock::unix_secs()),
@@ -212,12 +249,19 @@ pub async fn run(
             }
         }
     }
+    // Maildir batches finish; relay sessions get the shutdown grace, then are cut (their
+    // messages stay in the spool and are tried again at the next start).
     while workers.join_next().await.is_some() {}
+    let grace = shared.runtime.load().config.server.shutdown_grace;
+    let _ =
+        tokio::time::timeout(grace, async { while relays.join_next().await.is_some() {} }).await;
+    relays.shutdown().await;
 }
 
 /// One worker's batch, on a blocking thread. Group commit on the delivery side: every
-/// pending recipient of the batch goes through one Maildir batch (one fsync per `new/`
-/// directory), and the finished messages leave the spool with one directory fsync.
+/// pending local recipient of the batch goes through one Maildir batch (one fsync per
+/// `new/` directory), and the messages finished by it leave the spool with one directory
+/// fsync. Messages with recipients for next hops come back as relay jobs.
 fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> {
     let rt = shared.runtime.load_full();
     let now = clock::unix_secs();
@@ -229,17 +273,25 @@ fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> 
             Err(outcome) => outcomes.push((id.clone(), outcome)),
         }
     }
-    let errors = deliver_recipients(shared, &rt, &mut work, now);
-    let (finished, unfinished): (Vec<_>, Vec<_>) = work
-        .into_iter()
-        .zip(errors)
-        .partition(|(w, _)| w.state.done.iter().all(|&d| d));
-    let finished_ids: Vec<QueueId> = finished
-        .iter()
-        .map(|(w, _)| w.stored.envelope.id.clone())
-        .collect();
-    let removed = shared.spool.remove_batch(&finished_ids);
-    for id in finished_ids {
+    let remote = deliver_local(shared, &rt, &mut work, now);
+    let mut finished = Vec::new();
+    for (w, remote) in work.into_iter().zip(remote) {
+        let id = w.stored.envelope.id.clone();
+        if !remote.is_empty() {
+            let job = RelayJob {
+                work: w,
+                remote,
+                started: now,
+            };
+            outcomes.push((id, Outcome::Relay(Box::new(job))));
+        } else if w.state.done.iter().all(|&d| d) {
+            finished.push(id);
+        } else {
+            outcomes.push((id, settle(shared, &rt, &w.stored, w.state, &[], now)));
+        }
+    }
+    let removed = shared.spool.remove_batch(&finished);
+    for id in finished {
         match &removed {
             Ok(()) => outcomes.push((id, Outcome::Done)),
             Err(e) => {
@@ -252,20 +304,22 @@ fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> 
             }
         }
     }
-    for (w, last_error) in unfinished {
-        let id = w.stored.envelope.id.clone();
-        outcomes.push((
-            id,
-            reschedule(shared, &rt, &w.stored, w.state, last_error, now),
-        ));
-    }
     outcomes
 }
 
 /// A message due for delivery, with the state the attempt updates.
 struct Work {
-    stored: StoredMessage,
+    stored: Arc<StoredMessage>,
     state: DeliveryState,
+}
+
+/// A message with recipients for next hops, after its local ones were delivered.
+struct RelayJob {
+    work: Work,
+    /// (recipient index, next hop).
+    remote: Vec<(usize, NextHop)>,
+    /// When the attempt began (unix seconds), for `xdelay=`.
+    started: i64,
 }
 
 /// Reads a message if it is due; otherwise says what to do with it.
@@ -288,36 +342,48 @@ fn load_due(shared: &Shared, id: &QueueId, now: i64) -> Result<Work, Outcome> {
         return Err(Outcome::Retry(stored.state.next_attempt_at));
     }
     let mut state = stored.state.clone();
-    if state.done.len() != stored.envelope.recipients.len() {
-        state.done = vec![false; stored.envelope.recipients.len()];
+    let n = stored.envelope.recipients.len();
+    if state.done.len() != n {
+        state.done = vec![false; n];
     }
-    Ok(Work { stored, state })
+    if state.rcpt_errors.len() != n {
+        state.rcpt_errors = vec![None; n];
+    }
+    Ok(Work {
+        stored: Arc::new(stored),
+        state,
+    })
 }
 
-/// Delivers every recipient not yet done, for the whole batch at once; marks the done ones
-/// and logs each outcome. Returns each message's last error.
-fn deliver_recipients(
+/// Delivers every pending local recipient of the batch at once, marks the done ones and
+/// logs each outcome (a failure is kept as the recipient's error). Returns, per message,
+/// its recipients for next hops.
+fn deliver_local(
     shared: &Shared,
     rt: &Runtime,
     work: &mut [Work],
     now: i64,
-) -> Vec<Option<String>> {
+) -> Vec<Vec<(usize, NextHop)>> {
     let hostname = &rt.config.server.hostname;
     let micros = clock::wall().subsec_microsecond().unsigned_abs();
+    let mut remote = vec![Vec::new(); work.len()];
     // (message, recipient, mailbox or why not, unique name)
     let mut plans = Vec::new();
     for (m, w) in work.iter().enumerate() {
         for (r, rcpt) in w.stored.envelope.recipients.iter().enumerate() {
-            if !w.state.done[r] {
-                let target = mailbox(rt, rcpt)
-                    .ok_or_else(|| "not a local mailbox (configuration changed?)".to_owned());
-                plans.push((
-                    m,
-                    r,
-                    target,
-                    unique_name(now, micros, &w.stored.envelope.id, r, hostname),
-                ));
+            if w.state.done[r] {
+                continue;
             }
+            let target = match outbound::route(rt, rcpt) {
+                Destination::Local(domain, local) => Ok((domain, local)),
+                Destination::Remote(hop) => {
+                    remote[m].push((r, hop));
+                    continue;
+                }
+                Destination::Nowhere(why) => Err(why),
+            };
+            let unique = unique_name(now, micros, &w.stored.envelope.id, r, hostname);
+            plans.push((m, r, target, unique));
         }
     }
     let items: Vec<MaildirItem<'_>> = plans
@@ -333,7 +399,6 @@ fn deliver_recipients(
         })
         .collect();
     let mut delivered = deliver_batch_to_maildir(&rt.config.local.maildir_root, &items).into_iter();
-    let mut errors = vec![None; work.len()];
     for (m, r, target, _) in plans {
         let result = match target {
             Ok(_) => delivered
@@ -341,7 +406,8 @@ fn deliver_recipients(
                 .unwrap_or_else(|| Err("delivery result missing".to_owned())),
             Err(e) => Err(e),
         };
-        let env = &work[m].stored.envelope;
+        let w = &mut work[m];
+        let env = &w.stored.envelope;
         let (to, delay) = (env.recipients[r].as_str(), now - env.received_at);
         match result {
             Ok(path) => {
@@ -353,7 +419,8 @@ fn deliver_recipients(
                     mailer: "local",
                     path: &path,
                 });
-                work[m].state.done[r] = true;
+                w.state.done[r] = true;
+                w.state.rcpt_errors[r] = None;
             }
             Err(error) => {
                 shared.telemetry.emit(Event::Deferred {
@@ -364,11 +431,12 @@ fn deliver_recipients(
                     mailer: "local",
                     error: &error,
                 });
-                errors[m] = Some(error);
+                w.state.rcpt_errors[r] = Some(error.clone());
+                w.state.last_error = Some(error);
             }
         }
     }
-    errors
+    remote
 }
 
 fn deliver_batch_to_maildir(
@@ -384,52 +452,185 @@ fn deliver_batch_to_maildir(
         .collect()
 }
 
-/// Records a failed attempt: retry later with backoff, or hold past the lifetime.
-fn reschedule(
+/// Delivers a relay job's recipients, then settles the message on a blocking thread.
+async fn relay_job(
+    shared: Arc<Shared>,
+    limits: Arc<outbound::Limits>,
+    job: RelayJob,
+) -> (QueueId, Outcome) {
+    let rt = shared.runtime.load_full();
+    let RelayJob {
+        work,
+        remote,
+        started,
+    } = job;
+    let id = work.stored.envelope.id.clone();
+    let results = outbound::deliver(
+        shared.clone(),
+        rt.clone(),
+        limits,
+        work.stored.clone(),
+        remote,
+    )
+    .await;
+    let retry_min = rt.config.queue.retry_min;
+    let settled = tokio::task::spawn_blocking(move || {
+        settle(&shared, &rt, &work.stored, work.state, &results, started)
+    })
+    .await;
+    // A panic while settling: try again later (the spool still holds the message).
+    let outcome =
+        settled.unwrap_or_else(|_| Outcome::Retry(clock::unix_secs() + retry_min.as_secs() as i64));
+    (id, outcome)
+}
+
+/// Takes an attempt's outcomes into the message's state: logs each relayed recipient,
+/// bounces the permanent failures (and, past `[queue] lifetime`, every recipient still
+/// pending), then removes the message when every recipient is final, or schedules the
+/// next attempt with backoff. The DSN is in the spool before the recipients it reports are
+/// marked final, so a crash in between sends it twice rather than never.
+fn settle(
     shared: &Shared,
     rt: &Runtime,
     stored: &StoredMessage,
     mut state: DeliveryState,
-    last_error: Option<String>,
-    now: i64,
+    relayed: &[RelayResult],
+    started: i64,
 ) -> Outcome {
-    let id = &stored.envelope.id;
-    let q = &rt.config.queue;
-    state.attempts += 1;
-    state.last_error = last_error;
-    let age = now - stored.envelope.received_at;
-    let outcome = if age >= q.lifetime.as_secs() as i64 {
+    let now = clock::unix_secs();
+    let env = &stored.envelope;
+    let id = &env.id;
+    let (delay, xdelay) = (now - env.received_at, now - started);
+    let mut failed = Vec::new();
+    for r in relayed {
+        let Some(to) = env.recipients.get(r.index) else {
+            continue;
+        };
+        let dsn = r.outcome.dsn();
+        let reply = r.outcome.reply.to_log_string();
+        let text = if r.outcome.remote {
+            reply.clone()
+        } else {
+            // Our own account (`Connection refused by …`): without the codes we put on it.
+            r.outcome
+                .reply
+                .lines
+                .join(" ")
+                .split_once(' ')
+                .map_or(reply.clone(), |(_, t)| t.to_owned())
+        };
+        let stat = match r.outcome.status {
+            RcptStatus::Delivered => {
+                state.done[r.index] = true;
+                state.rcpt_errors[r.index] = None;
+                RelayStat::Sent(&reply)
+            }
+            RcptStatus::PermFail => {
+                failed.push(bounce::Failed {
+                    index: r.index,
+                    status: dsn.clone(),
+                    remote_mta: r.relay.clone().filter(|_| r.outcome.remote),
+                    diagnostic: text.clone(),
+                });
+                RelayStat::Bounced(&text)
+            }
+            RcptStatus::TempFail => {
+                state.rcpt_errors[r.index] = Some(text.clone());
+                state.last_error = Some(text.clone());
+                RelayStat::Deferred(&text)
+            }
+        };
+        shared.telemetry.emit(Event::Relayed {
+            qid: id.as_str(),
+            to,
+            delay,
+            xdelay,
+            mailer: r.mailer,
+            relay: r.relay.as_deref(),
+            dsn: &dsn,
+            stat,
+        });
+    }
+    let pending = |state: &DeliveryState, f: &[bounce::Failed]| {
+        (0..env.recipients.len())
+            .filter(|&i| !state.done[i] && !f.iter().any(|x| x.index == i))
+            .collect::<Vec<_>>()
+    };
+    let expired =
+        delay >= rt.config.queue.lifetime.as_secs() as i64 && !pending(&state, &failed).is_empty();
+    if expired {
         shared.telemetry.emit(Event::LifetimeExceeded {
             qid: id.as_str(),
-            age,
+            age: delay,
         });
-        state.held = true;
-        Outcome::Forget
-    } else {
-        let at = now + backoff(state.attempts, q.retry_min, q.retry_max).as_secs() as i64;
-        state.next_attempt_at = at;
-        Outcome::Retry(at)
-    };
+        for index in pending(&state, &failed) {
+            let why = state.rcpt_errors[index]
+                .clone()
+                .or_else(|| state.last_error.clone())
+                .unwrap_or_else(|| "not delivered in time".to_owned());
+            failed.push(bounce::Failed {
+                index,
+                status: "4.4.7".to_owned(),
+                remote_mta: None,
+                diagnostic: why,
+            });
+        }
+    }
+    if !failed.is_empty() {
+        match bounce::send(shared, rt, stored, &failed, expired, now) {
+            Ok(()) => {
+                for f in &failed {
+                    state.done[f.index] = true;
+                }
+            }
+            Err(e) => {
+                // The DSN could not be spooled: keep the recipients pending, try again.
+                shared.telemetry.emit(Event::SpoolReadFailed {
+                    qid: id.as_str(),
+                    error: &format!("cannot queue the DSN: {e}"),
+                });
+            }
+        }
+    }
+    if state.done.iter().all(|&d| d) {
+        return match shared.spool.remove(id) {
+            Ok(()) => Outcome::Done,
+            Err(e) => {
+                shared.telemetry.emit(Event::SpoolReadFailed {
+                    qid: id.as_str(),
+                    error: &e.to_string(),
+                });
+                Outcome::Forget
+            }
+        };
+    }
+    let q = &rt.config.queue;
+    state.attempts += 1;
+    let jitter = RandomState::new().hash_one((id.as_str(), state.attempts, now));
+    let at = now + retry_delay(state.attempts, q.retry_min, q.retry_max, jitter).as_secs() as i64;
+    state.next_attempt_at = at;
     if let Err(e) = shared.spool.write_state(id, &state) {
         shared.telemetry.emit(Event::SpoolReadFailed {
             qid: id.as_str(),
             error: &e.to_string(),
         });
     }
-    outcome
+    Outcome::Retry(at)
 }
 
-/// Where a recipient's mail goes: (domain, mailbox) under the Maildir root.
-fn mailbox(rt: &Runtime, rcpt: &str) -> Option<(String, String)> {
-    let recipients = &rt.policy.recipients;
-    match parse_path(rcpt).ok()? {
-        ReversePath::Postmaster => Some((
-            recipients.primary_domain()?.to_owned(),
-            "postmaster".to_owned(),
-        )),
-        ReversePath::Mailbox(m) => recipients.mailbox_for(&m),
-        ReversePath::Null => None,
-    }
+/// The wait before attempt `attempts + 1`: [`backoff`] spread by up to ±10 % with `jitter`
+/// (any number; the runner passes a random one, tests a chosen one), so messages deferred
+/// together do not all come back in the same second. Never below `min`, never above `max`.
+pub fn retry_delay(attempts: u32, min: Duration, max: Duration, jitter: u64) -> Duration {
+    let base = backoff(attempts, min, max);
+    let spread_ms = u64::try_from(base.as_millis() / 5).unwrap_or(u64::MAX);
+    let offset = if spread_ms == 0 {
+        0
+    } else {
+        jitter % (spread_ms + 1)
+    };
+    let low = base.saturating_sub(base / 10);
+    (low + Duration::from_millis(offset)).clamp(min.min(max), max)
 }
 
 /// `retry_min`, doubling per attempt, capped at `retry_max`.
@@ -449,5 +650,30 @@ mod tests {
         let got: Vec<u64> = (1..=8).map(|a| backoff(a, m, h).as_secs()).collect();
         assert_eq!(got, vec![60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(backoff(1000, m, h), h);
+    }
+
+    #[test]
+    fn retry_delay_spreads_within_ten_percent_and_the_bounds() {
+        let m = Duration::from_secs(60);
+        let h = Duration::from_secs(3600);
+        // Attempt 3: 240 s, spread over 216..=264 s by the jitter.
+        let got: Vec<u64> = [0, 24_000, 48_000, 48_001, u64::MAX]
+            .iter()
+            .map(|&j| retry_delay(3, m, h, j).as_secs())
+            .collect();
+        assert_eq!(
+            got,
+            vec![216, 240, 264, 216, 216 + (u64::MAX % 48_001) / 1000]
+        );
+        // Never below retry_min, never above retry_max.
+        for j in [0, 1_000_000, u64::MAX] {
+            let first = retry_delay(1, m, h, j);
+            assert!(first >= m && first <= Duration::from_secs(66), "{first:?}");
+            assert!(retry_delay(30, m, h, j) <= h);
+        }
+        assert_eq!(
+            retry_delay(1, Duration::ZERO, Duration::ZERO, 7),
+            Duration::ZERO
+        );
     }
 }

@@ -14,61 +14,288 @@
 //! the message itself, which the caller holds (the spool reads it whole today; streaming it
 //! from the file is for the queue runner's wiring).
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_config::next_hop::{Host, NextHop};
-use portcullis_smtp::client::{dot_stuff, end_of_data};
-use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome};
+use portcullis_smtp::client::{ClientConfig, Envelope, RcptStatus, dot_stuff, end_of_data};
+use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::dns::mx::{MxError, MxLookup, Target};
 
 /// A connection to a next hop: TCP or a Unix socket.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Connects to `hop` within `limit` (per address tried). Returns the stream and the peer as
-/// logs name it (`[192.0.2.1]`, `mail.example.net [192.0.2.1]`, `unix:/path`).
-///
-/// A bracketed name is resolved to its addresses and each is tried in turn. MX lookups
-/// (a bare domain) are not done yet: such a next hop is refused with a reason.
-pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, String), String> {
+/// Where one next hop can be reached, in the order to try: TCP addresses (each with the
+/// name logs give it) or a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Candidates {
+    /// `(shown as, address)`, at most [`MAX_CANDIDATES`].
+    Tcp(Vec<(String, SocketAddr)>),
+    /// `lmtp:unix:/path`.
+    Unix(PathBuf),
+}
+
+/// Addresses tried per attempt at most (MX hosts times their addresses).
+pub const MAX_CANDIDATES: usize = 20;
+
+/// Why a next hop has no address to try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    /// The failure is for good (no such domain, a null MX): the recipients bounce.
+    pub permanent: bool,
+    /// The enhanced status code for the DSN and the log.
+    pub status: &'static str,
+    /// What went wrong, worded for the log and the bounce.
+    pub text: String,
+}
+
+impl Unreachable {
+    fn temporary(text: String) -> Self {
+        Self {
+            permanent: false,
+            status: "4.4.3",
+            text,
+        }
+    }
+}
+
+/// Resolves `hop`: an address literal as it is, a bracketed name to its addresses (no MX
+/// lookup, as Sendmail's `[host]`), a bare domain to its MX hosts by preference (each host's
+/// addresses in turn; the domain itself when it has no MX).
+pub async fn candidates(
+    hop: &NextHop,
+    mx: &dyn MxLookup,
+    limit: Duration,
+) -> Result<Candidates, Unreachable> {
     let (host, port) = match hop {
-        NextHop::LmtpUnix(path) => {
-            let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(path))
+        NextHop::LmtpUnix(path) => return Ok(Candidates::Unix(path.clone())),
+        NextHop::Tcp { host, port, .. } => (host, *port),
+    };
+    let mut found = Vec::new();
+    match host {
+        Host::Address(a) => found.push((format!("[{a}]"), SocketAddr::new(*a, port))),
+        Host::Name(n) => {
+            let addrs = tokio::time::timeout(limit, tokio::net::lookup_host((n.as_str(), port)))
+                .await
+                .map_err(|_| Unreachable::temporary(format!("looking up {n} timed out")))?
+                .map_err(|e| Unreachable::temporary(format!("cannot resolve {n}: {e}")))?;
+            for addr in addrs.take(MAX_CANDIDATES) {
+                found.push((format!("{n} [{}]", addr.ip()), addr));
+            }
+        }
+        Host::Mx(domain) => {
+            let targets = mx
+                .lookup(domain)
+                .await
+                .map_err(|e| mx_unreachable(domain, &e))?;
+            'outer: for target in targets {
+                for ip in target.addrs {
+                    if found.len() == MAX_CANDIDATES {
+                        break 'outer;
+                    }
+                    found.push((format!("{} [{ip}]", target.host), SocketAddr::new(ip, port)));
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(Unreachable::temporary(format!(
+            "{hop}: no address to connect to"
+        )));
+    }
+    Ok(Candidates::Tcp(found))
+}
+
+/// Sendmail's and Postfix's wording for an MX lookup that found nowhere to deliver.
+fn mx_unreachable(domain: &str, e: &MxError) -> Unreachable {
+    match e {
+        MxError::NullMx => Unreachable {
+            permanent: true,
+            status: "5.1.10",
+            text: format!("Domain {domain} does not accept mail (nullMX)"),
+        },
+        MxError::NoSuchDomain => Unreachable {
+            permanent: true,
+            status: "5.1.2",
+            text: format!("Host unknown (Name server: {domain}: host not found)"),
+        },
+        MxError::NoAddresses => Unreachable::temporary(format!(
+            "Host unknown (Name server: {domain}: no address for its MX hosts)"
+        )),
+        MxError::Temporary(why) => {
+            Unreachable::temporary(format!("Host name lookup failure ({domain}: {why})"))
+        }
+    }
+}
+
+/// Connects to one candidate within `limit`; the error is worded as Sendmail logs it
+/// (`Connection refused by [192.0.2.1]`).
+async fn connect_one(
+    addr: SocketAddr,
+    shown: &str,
+    limit: Duration,
+) -> Result<Box<dyn Io>, String> {
+    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(format!("Connection refused by {shown}"))
+        }
+        Ok(Err(e)) => Err(format!("connect to {shown}: {e}")),
+        Err(_) => Err(format!("Connection timed out with {shown}")),
+    }
+}
+
+/// Connects to the first of `hop`'s addresses that answers (a bracketed name or a literal;
+/// MX lookups go through [`candidates`]). Returns the stream and the peer as logs name it.
+pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, String), String> {
+    match candidates(hop, &NoMx, limit).await.map_err(|u| u.text)? {
+        Candidates::Unix(path) => {
+            let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(&path))
                 .await
                 .map_err(|_| format!("connect to unix:{} timed out", path.display()))?
                 .map_err(|e| format!("connect to unix:{}: {e}", path.display()))?;
-            return Ok((Box::new(stream), format!("unix:{}", path.display())));
+            Ok((Box::new(stream), format!("unix:{}", path.display())))
         }
-        NextHop::Tcp { host, port, .. } => (host, *port),
-    };
-    let (name, addrs) = match host {
-        Host::Address(a) => (None, vec![std::net::SocketAddr::new(*a, port)]),
-        Host::Name(n) => {
-            let found = tokio::time::timeout(limit, tokio::net::lookup_host((n.as_str(), port)))
-                .await
-                .map_err(|_| format!("looking up {n} timed out"))?
-                .map_err(|e| format!("cannot resolve {n}: {e}"))?;
-            (Some(n.as_str()), found.collect())
-        }
-        Host::Mx(d) => {
-            return Err(format!(
-                "MX lookup for {d} is not done yet: write the next hop with the host in brackets"
-            ));
-        }
-    };
-    let mut last = format!("{} has no address", name.unwrap_or("the next hop"));
-    for addr in addrs {
-        let shown = match name {
-            Some(n) => format!("{n} [{}]", addr.ip()),
-            None => format!("[{}]", addr.ip()),
-        };
-        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok((Box::new(stream), shown)),
-            Ok(Err(e)) => last = format!("connect to {shown}:{port}: {e}"),
-            Err(_) => last = format!("connect to {shown}:{port} timed out"),
+        Candidates::Tcp(list) => {
+            let mut last = String::new();
+            for (shown, addr) in list {
+                match connect_one(addr, &shown, limit).await {
+                    Ok(stream) => return Ok((stream, shown)),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         }
     }
-    Err(last)
+}
+
+/// What one group of recipients got from one next hop.
+#[derive(Debug)]
+pub struct GroupResult {
+    /// One per recipient, in the envelope's order.
+    pub outcomes: Vec<RcptOutcome>,
+    /// The peer the outcomes came from (`host [ip]`), or the last one tried.
+    pub relay: Option<String>,
+}
+
+/// Delivers `envelope` to `hop`: tries its addresses in order until one holds a session
+/// that reaches MAIL (a refused connection, a greeting or EHLO failure, or a lost session
+/// before MAIL moves on to the next, as Sendmail and Postfix do with MX hosts). A 5xx
+/// greeting defers rather than bounces (Postfix's `smtp_skip_5xx_greeting`): the host
+/// refused the session, not the recipients.
+pub async fn deliver_group(
+    hop: &NextHop,
+    mx: &dyn MxLookup,
+    cfg: Arc<ClientConfig>,
+    envelope: Envelope,
+    message: &[u8],
+    timeouts: &AttemptTimeouts,
+) -> GroupResult {
+    let all =
+        |status: RcptStatus, code: u16, dsn: &str, text: &str, relay: Option<String>| GroupResult {
+            outcomes: envelope
+                .recipients
+                .iter()
+                .map(|r| RcptOutcome {
+                    recipient: r.clone(),
+                    status,
+                    reply: Reply::new(code, format!("{dsn} {text}")),
+                    remote: false,
+                    phase: ClientPhase::Greeting,
+                })
+                .collect(),
+            relay,
+        };
+    let list = match candidates(hop, mx, timeouts.connect).await {
+        Ok(Candidates::Tcp(list)) => list,
+        Ok(Candidates::Unix(path)) => {
+            let shown = format!("unix:{}", path.display());
+            let stream =
+                tokio::time::timeout(timeouts.connect, tokio::net::UnixStream::connect(&path))
+                    .await;
+            return match stream {
+                Ok(Ok(stream)) => {
+                    let client = Client::new(cfg, shown.clone(), envelope);
+                    GroupResult {
+                        outcomes: attempt(stream, client, message, timeouts).await,
+                        relay: Some(shown),
+                    }
+                }
+                Ok(Err(e)) => {
+                    let text = format!("connect to {shown}: {e}");
+                    all(RcptStatus::TempFail, 451, "4.4.1", &text, Some(shown))
+                }
+                Err(_) => {
+                    let text = format!("Connection timed out with {shown}");
+                    all(RcptStatus::TempFail, 451, "4.4.1", &text, Some(shown))
+                }
+            };
+        }
+        Err(u) if u.permanent => return all(RcptStatus::PermFail, 550, u.status, &u.text, None),
+        Err(u) => return all(RcptStatus::TempFail, 451, u.status, &u.text, None),
+    };
+    let mut last = None;
+    let count = list.len();
+    for (i, (shown, addr)) in list.into_iter().enumerate() {
+        let stream = match connect_one(addr, &shown, timeouts.connect).await {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(all(RcptStatus::TempFail, 451, "4.4.1", &e, Some(shown)));
+                continue;
+            }
+        };
+        let client = Client::new(cfg.clone(), shown.clone(), envelope.clone());
+        let mut outcomes = attempt(stream, client, message, timeouts).await;
+        let session_failed = outcomes.iter().all(|o| {
+            o.status != RcptStatus::Delivered
+                && matches!(o.phase, ClientPhase::Greeting | ClientPhase::Ehlo)
+        });
+        if session_failed {
+            for o in &mut outcomes {
+                o.status = RcptStatus::TempFail;
+            }
+            if i + 1 < count {
+                last = Some(GroupResult {
+                    outcomes,
+                    relay: Some(shown),
+                });
+                continue;
+            }
+        }
+        return GroupResult {
+            outcomes,
+            relay: Some(shown),
+        };
+    }
+    last.unwrap_or_else(|| {
+        all(
+            RcptStatus::TempFail,
+            451,
+            "4.4.1",
+            "no address to connect to",
+            None,
+        )
+    })
+}
+
+/// A resolver for next hops that never need MX lookups (the CLI's `connect`).
+struct NoMx;
+
+impl MxLookup for NoMx {
+    fn lookup(
+        &self,
+        domain: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Target>, MxError>> + Send>> {
+        let why = format!("no MX lookups here (for {domain})");
+        Box::pin(async move { Err(MxError::Temporary(why)) })
+    }
 }
 
 /// The clock, as tokio's timers read it (paused in tests).
@@ -84,6 +311,9 @@ const CHUNK: usize = 64 * 1024;
 /// 1h, `datafinal` 1h, `quit` 2m).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttemptTimeouts {
+    /// Opening the connection (Sendmail's `Timeout.connect`: the kernel's by default; 1m
+    /// here so a black-holed host cannot hold a connection slot for minutes).
+    pub connect: Duration,
     /// Waiting for the greeting.
     pub initial: Duration,
     /// Waiting for the EHLO/LHLO/HELO reply.
@@ -106,6 +336,7 @@ impl Default for AttemptTimeouts {
     fn default() -> Self {
         let m = |n: u64| Duration::from_secs(60 * n);
         Self {
+            connect: m(1),
             initial: m(5),
             helo: m(5),
             mail: m(10),

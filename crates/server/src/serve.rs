@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
+use crate::dns::mx::MxLookup;
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::gate::{self, Admit, Gate};
 use crate::hold::Holder;
@@ -69,6 +70,16 @@ pub fn resolver(config: &Config) -> Result<Arc<dyn ReverseLookup>, String> {
     Ok(Arc::new(lookup))
 }
 
+/// The MX resolver for relay delivery, from `[dns]` (its servers and timeout, whether or
+/// not reverse lookups are on). When it cannot be set up, lookups fail for now and the
+/// mail waits in the queue.
+fn mx_resolver(config: &Config) -> Arc<dyn MxLookup> {
+    Arc::new(crate::dns::mx::Unavailable(format!(
+        "no resolver for {:?}",
+        config.dns.servers
+    )))
+}
+
 /// [`build`] with a given name resolver (tests use fixed names).
 pub fn build_with_names(
     config: Config,
@@ -107,6 +118,7 @@ pub fn build_with_names(
     let committer =
         Committer::start(spool.clone(), commit).context("cannot start the spool committer")?;
     let (queue, queue_rx) = QueueHandle::new();
+    let mx = mx_resolver(&config);
     let gp = config.greet_pause;
     let anvil = Arc::new(MemoryAnvil::new(
         config.rate_control.window,
@@ -123,6 +135,7 @@ pub fn build_with_names(
         reload_lock: Mutex::new(()),
         anvil,
         load: LoadMonitor::new(),
+        mx,
     });
     Ok(Built {
         shared,

@@ -27,6 +27,7 @@ use portcullis_spool::{Committer, QueueIdGen, Spool};
 
 use crate::access::{FileStamp, LoadedMap};
 use crate::dns::ReverseLookup;
+use crate::dns::mx::MxLookup;
 use crate::load::LoadMonitor;
 use crate::queue::QueueHandle;
 use crate::telemetry::Telemetry;
@@ -134,6 +135,8 @@ pub struct Shared {
     pub anvil: Arc<MemoryAnvil>,
     /// Load readings for `[load]`.
     pub load: LoadMonitor,
+    /// MX lookups for relay delivery (set up from `[dns]` at start).
+    pub mx: Arc<dyn MxLookup>,
 }
 
 impl Shared {

@@ -61,6 +61,17 @@ impl Level {
     }
 }
 
+/// How a relayed recipient's attempt ended, for [`Event::Relayed`].
+#[derive(Clone, Copy, Debug)]
+pub enum RelayStat<'a> {
+    /// Accepted by the next hop; its reply.
+    Sent(&'a str),
+    /// To be retried; the reply or the error.
+    Deferred(&'a str),
+    /// Failed for good; a DSN follows.
+    Bounced(&'a str),
+}
+
 /// Every event Portcullis records.
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
@@ -148,7 +159,30 @@ pub enum Event<'a> {
         mailer: &'a str,
         error: &'a str,
     },
-    /// A message stays queued past its lifetime and is held for the admin.
+    /// One recipient's attempt at a next hop (SMTP or LMTP), in Sendmail's words:
+    /// `to=<..>, delay=.., xdelay=.., mailer=esmtp, relay=host [ip], dsn=2.0.0, stat=Sent (<reply>)`,
+    /// `dsn=4.x.x, stat=Deferred: <reply or error>`, `dsn=5.x.x, stat=<reply text>`.
+    Relayed {
+        qid: &'a str,
+        to: &'a str,
+        delay: i64,
+        xdelay: i64,
+        mailer: &'a str,
+        relay: Option<&'a str>,
+        dsn: &'a str,
+        stat: RelayStat<'a>,
+    },
+    /// A delivery status notification was queued (Sendmail's `<qid>: <dsn-qid>: DSN: <why>`).
+    DsnQueued {
+        qid: &'a str,
+        dsn_qid: &'a str,
+        to: &'a str,
+        reason: &'a str,
+    },
+    /// A failed message whose notice has nowhere to go (a failing notice to the
+    /// postmaster, or no local postmaster): logged, then removed.
+    DsnDropped { qid: &'a str, reason: &'a str },
+    /// A message stays queued past its lifetime: its pending recipients bounce.
     LifetimeExceeded { qid: &'a str, age: i64 },
     /// A spool file could not be read.
     SpoolReadFailed { qid: &'a str, error: &'a str },
@@ -459,12 +493,55 @@ impl Event<'_> {
                     clock::sendmail_delay(xdelay)
                 ),
             ),
+            Self::Relayed {
+                qid,
+                to,
+                delay,
+                xdelay,
+                mailer,
+                relay,
+                dsn,
+                stat,
+            } => {
+                let relay = relay.map(|r| format!(", relay={r}")).unwrap_or_default();
+                let head = format!(
+                    "to=<{to}>, delay={}, xdelay={}, mailer={mailer}{relay}, dsn={dsn}",
+                    clock::sendmail_delay(delay),
+                    clock::sendmail_delay(xdelay)
+                );
+                let (name, level, stat) = match stat {
+                    RelayStat::Sent(reply) => ("delivery_sent", Info, format!("Sent ({reply})")),
+                    RelayStat::Deferred(why) => {
+                        ("delivery_deferred", Warning, format!("Deferred: {why}"))
+                    }
+                    RelayStat::Bounced(why) => ("delivery_bounced", Notice, why.to_owned()),
+                };
+                r(name, level, Some(qid), format!("{head}, stat={stat}"))
+            }
+            Self::DsnQueued {
+                qid,
+                dsn_qid,
+                to,
+                reason,
+            } => r(
+                "dsn_queued",
+                Notice,
+                Some(qid),
+                format!("{dsn_qid}: DSN: {reason}"),
+            )
+            .with("dsn_to", to),
+            Self::DsnDropped { qid, reason } => r(
+                "dsn_dropped",
+                Warning,
+                Some(qid),
+                format!("no DSN sent: {reason}"),
+            ),
             Self::LifetimeExceeded { qid, age } => r(
                 "queue_lifetime_exceeded",
                 Warning,
                 Some(qid),
                 format!(
-                    "message in queue for {}; held for the administrator",
+                    "Cannot send message for {}; returning it to the sender",
                     clock::sendmail_delay(age)
                 ),
             ),

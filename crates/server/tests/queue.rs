@@ -1,5 +1,6 @@
 //! The queue runner against a real spool and Maildir: temporary failures are retried with
-//! backoff, and a message past its lifetime is held, never dropped.
+//! backoff, and a message past its lifetime bounces (a failing bounce ends with the
+//! postmaster, and a failing notice to the postmaster is dropped, logged).
 //!
 //! These use real (not paused) time: retries are scheduled on the wall clock in whole
 //! seconds, so each test waits a few seconds at most.
@@ -143,7 +144,7 @@ async fn temporary_failure_is_retried_then_delivered() {
 }
 
 #[tokio::test]
-async fn past_its_lifetime_a_message_is_held_not_dropped() {
+async fn past_its_lifetime_a_message_bounces_and_a_failing_bounce_ends_with_the_postmaster() {
     let Broken {
         dir: _dir,
         shared,
@@ -152,24 +153,44 @@ async fn past_its_lifetime_a_message_is_held_not_dropped() {
         runner,
     } = start_broken(
         // Ages are whole seconds: with a lifetime of 2 s the first attempt (at age 0 or 1)
-        // always fails and is retried before the message is held.
+        // always fails and is retried before the message expires.
         "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"2s\"\n",
     );
+    // The sender's domain has no MX resolver here, so the DSN to bob@example.org fails
+    // too; its notice to the postmaster cannot be delivered (the Maildir is broken) and is
+    // dropped, logged: nothing loops, nothing is left in the queue.
     assert!(
         wait_for(
             &shared,
-            "held for the administrator",
-            Duration::from_secs(8)
+            "no DSN sent: a notice to the postmaster could not be delivered",
+            Duration::from_secs(20)
         )
         .await,
         "{:?}",
         shared.telemetry.lines()
     );
-    let stored = shared.spool.read(&id).unwrap();
-    assert!(stored.state.held);
-    assert!(stored.state.attempts >= 2);
+    let lines = shared.telemetry.lines();
+    let dsn_lines: Vec<&String> = lines.iter().filter(|l| l.contains(": DSN: ")).collect();
+    assert_eq!(dsn_lines.len(), 2, "{lines:#?}");
+    assert!(dsn_lines[0].contains(&format!("{id}: ")), "{lines:#?}");
+    assert!(dsn_lines[0].contains("DSN: Cannot send message for 2 seconds"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("to=<bob@example.org>") && l.contains("stat=Deferred")),
+        "the bounce went to the envelope sender: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("to=<postmaster>") && l.contains("stat=Deferred")),
+        "the failed bounce went to the postmaster: {lines:#?}"
+    );
+    assert!(matches!(
+        shared.spool.read(&id),
+        Err(portcullis_spool::SpoolError::NotFound { .. })
+    ));
     token.cancel();
     runner.await.unwrap();
-    // Still in the spool after the runner stopped.
-    assert_eq!(shared.spool.list().unwrap(), vec![id]);
+    assert_eq!(shared.spool.list().unwrap(), Vec::<QueueId>::new());
 }

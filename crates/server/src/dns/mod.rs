@@ -49,6 +49,7 @@
 
 #[doc(hidden)]
 pub mod fake;
+pub mod mx;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,7 +2,8 @@
 
 Usage: aiosmtpd_peer.py smtp|lmtp PORT DIR
 
-Recipients starting with "nosuch" get 550 5.1.1 at RCPT, "later" 451 4.3.0 at RCPT.
+Recipients starting with "nosuch" get 550 5.1.1 at RCPT, "later" 451 4.3.0 at RCPT, "once"
+451 4.3.0 the first time each address is seen and 250 after that.
 Each message is written to DIR/<n>.eml as "FROM <sender>\nTO <r1> <r2>...\n\n" + content.
 LMTP: one reply per accepted recipient after DATA; a recipient starting with "full" gets
 452 4.2.2 there. Prints READY once listening; stops when stdin closes.
@@ -17,6 +18,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 
 counter = itertools.count(1)
+seen_once = set()
 
 
 class Handler:
@@ -30,6 +32,9 @@ class Handler:
             return "550 5.1.1 <%s>: Recipient address rejected: no such user" % address
         if local.startswith("later"):
             return "451 4.3.0 <%s>: try again later" % address
+        if local.startswith("once") and address not in seen_once:
+            seen_once.add(address)
+            return "451 4.3.0 <%s>: greylisted, try again later" % address
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

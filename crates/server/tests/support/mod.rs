@@ -19,6 +19,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+pub mod peer;
+
 /// How long a server may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read timeout of the SMTP client.
@@ -77,9 +79,15 @@ pub fn toml_str(s: &str) -> String {
 
 /// Merges `extra` into `base`, both simple TOML documents made of `[section]` headers and
 /// one-line `key = value` entries: a key in `extra` replaces the same key of the same section
-/// in `base`, other keys and sections are added. (Enough for test configurations; tests that
-/// need anything else write the whole file with [`Server::write_config_raw`].)
+/// in `base`, other keys and sections are added. Arrays of tables (`[[route]]`) are not
+/// merged: from the first `[[` line on, `extra` is appended as it is. (Enough for test
+/// configurations; tests that need anything else write the whole file with
+/// [`Server::write_config_raw`].)
 pub fn merge_toml(base: &str, extra: &str) -> String {
+    let (extra, tables) = match extra.find("[[") {
+        Some(at) => extra.split_at(at),
+        None => (extra, ""),
+    };
     fn parse(doc: &str) -> Vec<(String, Vec<(String, String)>)> {
         let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
         let mut current = String::new();
@@ -136,6 +144,7 @@ pub fn merge_toml(base: &str, extra: &str) -> String {
         }
         out.push('\n');
     }
+    out.push_str(tables);
     out
 }
 

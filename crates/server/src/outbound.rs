@@ -1,0 +1,198 @@
+//! Where each queued recipient goes, and relay delivery within the connection limits.
+//!
+//! Role: [`route`] maps a stored recipient to a Maildir mailbox (a local domain) or a next
+//! hop: `[[route]]` (Sendmail's mailertable), an address literal as written, else the
+//! domain's MX hosts. [`deliver`] sends one message's relayed recipients, grouped by next
+//! hop (one session per hop carries all its recipients), each group holding a slot of
+//! `[queue] max_connections` and one of its hop's `connections_per_hop` for as long as it
+//! talks to it. The outcomes go back to the queue runner, which settles them.
+//!
+//! Must not: touch the spool (the runner does, on a blocking thread) or decide retries.
+//!
+//! Bounds: at most [`MAX_HOPS`] per-hop semaphores are kept; past that, the idle ones are
+//! dropped (a hop's count starts again from zero, which can only let a few more through).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use portcullis_config::next_hop::{Host, NextHop, Protocol};
+use portcullis_smtp::address::parse_path;
+use portcullis_smtp::client::{ClientConfig, Envelope};
+use portcullis_smtp::{RcptOutcome, ReversePath};
+use portcullis_spool::StoredMessage;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::relay::{self, AttemptTimeouts};
+use crate::state::{Runtime, Shared};
+
+/// Per-hop semaphores kept at most.
+pub const MAX_HOPS: usize = 10_000;
+
+/// Where one recipient goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A local mailbox: (domain, mailbox) under the Maildir root.
+    Local(String, String),
+    /// A next hop.
+    Remote(NextHop),
+    /// Nowhere now (a local domain without such a mailbox after a configuration change);
+    /// the reason. Retried, as Sendmail does with a temporary failure.
+    Nowhere(String),
+}
+
+/// The destination of a stored recipient under the current configuration.
+pub fn route(rt: &Runtime, rcpt: &str) -> Destination {
+    let recipients = &rt.policy.recipients;
+    let mailbox = match parse_path(rcpt) {
+        Ok(ReversePath::Mailbox(m)) => m,
+        Ok(ReversePath::Postmaster) => {
+            return match recipients.primary_domain() {
+                Some(d) => Destination::Local(d.to_owned(), "postmaster".to_owned()),
+                None => Destination::Nowhere("no local domain for postmaster".to_owned()),
+            };
+        }
+        Ok(ReversePath::Null) | Err(_) => {
+            return Destination::Nowhere(format!("unusable recipient address {rcpt:?}"));
+        }
+    };
+    if let Some((domain, local)) = recipients.mailbox_for(&mailbox) {
+        return Destination::Local(domain, local);
+    }
+    if !mailbox.is_address_literal() && recipients.is_local_domain(&mailbox.domain) {
+        return Destination::Nowhere("not a local mailbox (configuration changed?)".to_owned());
+    }
+    if mailbox.is_address_literal() {
+        // `[192.0.2.1]` and `[IPv6:2001:db8::1]` read as next hops as they are.
+        return match NextHop::parse(&format!("smtp:{}", mailbox.domain)) {
+            Ok(hop) => Destination::Remote(hop),
+            Err(why) => Destination::Nowhere(why),
+        };
+    }
+    match rt.config.routes.lookup(&mailbox.domain) {
+        Some(hop) => Destination::Remote(hop.clone()),
+        None => Destination::Remote(NextHop::Tcp {
+            protocol: Protocol::Smtp,
+            host: Host::Mx(mailbox.domain.to_ascii_lowercase()),
+            port: Protocol::Smtp.default_port(),
+        }),
+    }
+}
+
+/// The connection slots: all hops together, and per hop.
+pub struct Limits {
+    total: Arc<Semaphore>,
+    per_hop: usize,
+    hops: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Limits {
+    /// `total` connections at once, `per_hop` to one next hop.
+    pub fn new(total: u32, per_hop: u32) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(total as usize)),
+            per_hop: per_hop as usize,
+            hops: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn hop(&self, key: &str) -> Arc<Semaphore> {
+        let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
+        if hops.len() >= MAX_HOPS && !hops.contains_key(key) {
+            hops.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        hops.entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_hop)))
+            .clone()
+    }
+}
+
+/// One relayed recipient's result.
+#[derive(Debug)]
+pub struct RelayResult {
+    /// Index into the envelope's recipients.
+    pub index: usize,
+    pub outcome: RcptOutcome,
+    /// The peer that decided (`host [ip]`), when one was reached.
+    pub relay: Option<String>,
+    /// `esmtp` or `lmtp`, for the log's `mailer=`.
+    pub mailer: &'static str,
+}
+
+/// Delivers the recipients `remote` (index, next hop) of `stored`, one session per next hop,
+/// the sessions in parallel within `limits`.
+pub async fn deliver(
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    limits: Arc<Limits>,
+    stored: Arc<StoredMessage>,
+    remote: Vec<(usize, NextHop)>,
+) -> Vec<RelayResult> {
+    let mut groups: Vec<(NextHop, Vec<usize>)> = Vec::new();
+    for (index, hop) in remote {
+        match groups.iter_mut().find(|(h, _)| *h == hop) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((hop, vec![index])),
+        }
+    }
+    let eight_bit = stored.data.iter().any(|b| !b.is_ascii());
+    let mut tasks = JoinSet::new();
+    for (hop, members) in groups {
+        let (shared, rt, limits, stored) =
+            (shared.clone(), rt.clone(), limits.clone(), stored.clone());
+        tasks.spawn(async move {
+            let key = hop.to_string();
+            // Closed semaphores never happen here; without a slot, deliver anyway.
+            let _total = limits.total.clone().acquire_owned().await;
+            let _hop = limits.hop(&key).acquire_owned().await;
+            let lmtp = matches!(
+                hop,
+                NextHop::LmtpUnix(_)
+                    | NextHop::Tcp {
+                        protocol: Protocol::Lmtp,
+                        ..
+                    }
+            );
+            let cfg = Arc::new(ClientConfig {
+                helo_name: rt.config.server.hostname.clone(),
+                lmtp,
+            });
+            let env = &stored.envelope;
+            let mut envelope = Envelope::new(
+                env.sender.clone(),
+                members
+                    .iter()
+                    .filter_map(|&i| env.recipients.get(i).cloned())
+                    .collect(),
+                stored.data.len() as u64,
+            );
+            envelope.eight_bit = eight_bit;
+            let timeouts = AttemptTimeouts::default();
+            let result = relay::deliver_group(
+                &hop,
+                shared.mx.as_ref(),
+                cfg,
+                envelope,
+                &stored.data,
+                &timeouts,
+            )
+            .await;
+            let mailer = if lmtp { "lmtp" } else { "esmtp" };
+            members
+                .into_iter()
+                .zip(result.outcomes)
+                .map(|(index, outcome)| RelayResult {
+                    index,
+                    outcome,
+                    relay: result.relay.clone(),
+                    mailer,
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        results.extend(done.unwrap_or_default());
+    }
+    results
+}

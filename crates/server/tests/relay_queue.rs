@@ -1,0 +1,300 @@
+// These tests drive a real `portcullis serve` process over real loopback sockets, with an
+// independently written next hop (Python's aiosmtpd) behind it.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+//! Relay delivery end to end: accepted over SMTP, spooled, handed to the next hop by the
+//! queue runner. Delivered; 451 then retried and delivered; 550 bounced to the sender's
+//! domain; next hop down then up; SIGKILL in the middle of a delivery, then delivered after
+//! the restart; LMTP with per-recipient replies.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use support::peer::{Peer, stored};
+use support::{Server, Smtp, dot_stuff, pause, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `[relay]` and `[[route]]` sending example.net (and example.org, the senders' domain) to
+/// the peer on `port` over `proto`.
+fn relay_config(proto: &str, port: u16) -> String {
+    format!(
+        "[relay]\ndomains = [\"example.net\"]\n\
+         [queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n\
+         [[route]]\ndomain = \"example.net\"\nnext_hop = \"{proto}:[127.0.0.1]:{port}\"\n\
+         [[route]]\ndomain = \"example.org\"\nnext_hop = \"smtp:[127.0.0.1]:{port}\"\n"
+    )
+}
+
+/// Sends one message from alice@example.org to `recipients`; every RCPT must be accepted.
+fn send(server: &Server, recipients: &[&str], body: &str) {
+    let mut c = Smtp::connect(server.addr());
+    c.greet_ehlo("client.example.org");
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").0, 250);
+    for r in recipients {
+        let (code, text) = c.cmd(&format!("RCPT TO:<{r}>"));
+        assert_eq!(code, 250, "{r}: {text}");
+    }
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send_raw(&dot_stuff(&format!(
+        "From: alice@example.org\r\nSubject: relay\r\nMessage-ID: <m1@example.org>\r\n\r\n{body}"
+    )));
+    assert_eq!(c.read_reply().0, 250);
+    assert_eq!(c.cmd("QUIT").0, 221);
+}
+
+fn wait_stored(dir: &Path, n: usize) -> Vec<String> {
+    wait_until(WAIT, || stored(dir).len() >= n);
+    stored(dir)
+}
+
+#[test]
+fn relayed_mail_reaches_the_next_hop_and_the_log_says_sent() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    let server = Server::start(&relay_config("smtp", peer.port));
+    send(
+        &server,
+        &["a@example.net", "b@example.net", "carol@localhost"],
+        ".dotted line\r\nbody\r\n",
+    );
+    let got = wait_stored(peer_dir.path(), 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    // One session carried both recipients of the next hop; the local one went to Maildir.
+    assert!(
+        got[0].starts_with("FROM alice@example.org\nTO a@example.net b@example.net\n\n"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[0].contains("\r\n.dotted line\r\nbody\r\n"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[0].contains("Received: from client.example.org"),
+        "{}",
+        got[0]
+    );
+    assert_eq!(server.wait_maildir("localhost", "carol", 1, WAIT).len(), 1);
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    assert!(
+        server.wait_log(
+            "to=<a@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 Ok: queued as 2)",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_451_is_retried_and_then_delivered() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    let server = Server::start(&relay_config("smtp", peer.port));
+    send(&server, &["once@example.net"], "greylisted\r\n");
+    assert!(
+        server.wait_log(
+            "to=<once@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+             relay=[127.0.0.1], dsn=4.3.0, stat=Deferred: 451 4.3.0 <once@example.net>: \
+             greylisted, try again later",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    let got = wait_stored(peer_dir.path(), 1);
+    assert!(got[0].contains("TO once@example.net\n"), "{got:?}");
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    assert!(server.log().contains("to=<once@example.net>"));
+    assert_eq!(server.log().matches("stat=Sent (250").count(), 1);
+}
+
+#[test]
+fn a_550_bounces_to_the_senders_domain() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    let server = Server::start(&relay_config("smtp", peer.port));
+    send(
+        &server,
+        &["nosuch@example.net", "ok@example.net"],
+        "hello\r\n",
+    );
+    // The original goes to the good recipient; the DSN comes back to example.org's next
+    // hop (the same peer here) from the null sender.
+    let got = wait_stored(peer_dir.path(), 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].contains("TO ok@example.net\n"), "{}", got[0]);
+    let dsn = &got[1];
+    assert!(
+        dsn.starts_with("FROM <>\nTO alice@example.org\n")
+            || dsn.starts_with("FROM \nTO alice@example.org\n"),
+        "{dsn}"
+    );
+    for needle in [
+        "Content-Type: multipart/report; report-type=delivery-status",
+        "Final-Recipient: RFC822; nosuch@example.net",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: DNS; [127.0.0.1]",
+        "Diagnostic-Code: SMTP; 550 5.1.1 <nosuch@example.net>: Recipient address rejected: no such user",
+        "Message-ID: <m1@example.org>",
+        "Auto-Submitted: auto-replied",
+    ] {
+        assert!(dsn.contains(needle), "{needle:?} missing from:\n{dsn}");
+    }
+    assert!(
+        !dsn.contains("Final-Recipient: RFC822; ok@example.net"),
+        "{dsn}"
+    );
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("to=<nosuch@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, relay=[127.0.0.1], dsn=5.1.1, stat=550 5.1.1"),
+        "{log}"
+    );
+    assert!(
+        log.contains(": DSN: 550 5.1.1 <nosuch@example.net>"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_next_hop_that_is_down_is_retried_until_it_is_up() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(&relay_config("smtp", port));
+    send(&server, &["waiting@example.net"], "patience\r\n");
+    assert!(
+        server.wait_log(
+            "to=<waiting@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+             relay=[127.0.0.1], dsn=4.4.1, stat=Deferred: Connection refused by [127.0.0.1]",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.queue_files().len(), 2, "message and its state");
+    let peer_dir = tempfile::tempdir().unwrap();
+    let _peer = Peer::start_on("smtp", peer_dir.path(), port);
+    let got = wait_stored(peer_dir.path(), 1);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert!(got[0].contains("TO waiting@example.net\n"), "{got:?}");
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+}
+
+#[test]
+fn lmtp_next_hop_gives_each_recipient_its_own_reply() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("lmtp", peer_dir.path());
+    let server = Server::start(&relay_config("lmtp", peer.port));
+    send(
+        &server,
+        &["one@example.net", "full@example.net"],
+        "lmtp\r\n",
+    );
+    let got = wait_stored(peer_dir.path(), 1);
+    assert!(
+        got[0].contains("TO one@example.net full@example.net\n"),
+        "{got:?}"
+    );
+    assert!(
+        server.wait_log(
+            "to=<one@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=lmtp, \
+             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 <one@example.net> delivered)",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.wait_log(
+            "to=<full@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=lmtp, \
+             relay=[127.0.0.1], dsn=4.2.2, stat=Deferred: 452 4.2.2 <full@example.net> Mailbox full",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    // Only the deferred recipient is tried again.
+    assert!(
+        server.wait_log_count("to=<full@example.net>", 2, WAIT),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.log().matches("to=<one@example.net>").count(), 1);
+}
+
+/// A next hop that takes the whole message and never answers the final dot.
+fn stalling_peer(listener: TcpListener, got_dot: std::sync::mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        let _ = w.write_all(b"220 stall.example ESMTP\r\n");
+        let mut line = String::new();
+        let mut in_data = false;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if in_data {
+                if l == "." {
+                    let _ = got_dot.send(());
+                    pause(Duration::from_secs(60));
+                    return;
+                }
+                continue;
+            }
+            let reply: &[u8] = match l.get(..4).unwrap_or(l).to_ascii_uppercase().as_str() {
+                "EHLO" => b"250 stall.example\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go\r\n"
+                }
+                _ => b"250 ok\r\n",
+            };
+            let _ = w.write_all(reply);
+        }
+    });
+}
+
+#[test]
+fn sigkill_in_the_middle_of_a_delivery_then_delivered_after_the_restart() {
+    let stall = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    stalling_peer(stall, tx);
+    let mut server = Server::start(&relay_config("smtp", stall_port));
+    send(&server, &["crash@example.net"], "survives a crash\r\n");
+    // The whole message went out; the next hop never answers: kill -9 the server now.
+    rx.recv_timeout(WAIT).expect("the next hop got the message");
+    server.kill9();
+    assert_eq!(
+        server.queue_files().len(),
+        1,
+        "still spooled after the crash"
+    );
+    // It comes back with a working next hop and delivers the message it had.
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    server.write_config(&relay_config("smtp", peer.port));
+    server.restart();
+    let got = wait_stored(peer_dir.path(), 1);
+    assert!(got[0].contains("TO crash@example.net\n"), "{got:?}");
+    assert!(got[0].contains("survives a crash"), "{got:?}");
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+}

@@ -134,32 +134,9 @@ impl HickoryLookup {
     /// `servers` empty = the system configuration (/etc/resolv.conf); otherwise these UDP/TCP
     /// servers (ip:port). `timeout` bounds the whole lookup (PTR + forward queries).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
-        let (name_servers, mut options) = if servers.is_empty() {
-            let (config, options) = hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?;
-            let (_domain, _search, name_servers) = config.into_parts();
-            (name_servers, options)
-        } else {
-            let name_servers = servers.iter().map(|s| name_server(*s)).collect();
-            (name_servers, ResolverOpts::default())
-        };
-        options.use_hosts_file = if servers.is_empty() && system_uses_hosts_file() {
-            ResolveHosts::Always
-        } else {
-            ResolveHosts::Never
-        };
-        options.timeout = (timeout / 4).max(Duration::from_millis(1));
-        options.attempts = 1;
-        options.cache_size = CACHE_SIZE;
-        options.ndots = 0;
-        // Absolute names only: no domain, no search list.
-        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
-        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        let built = build_resolver(servers, timeout)?;
         Ok(Self {
-            resolver: Arc::new(resolver),
+            resolver: built.resolver,
             timeout,
         })
     }
@@ -175,6 +152,50 @@ impl ReverseLookup for HickoryLookup {
                 .unwrap_or(ClientName::TempFail)
         })
     }
+}
+
+/// A resolver with the options in this module's header, for every lookup built on hickory
+/// here, so all treat servers, the hosts file and timeouts alike.
+struct BuiltResolver {
+    resolver: Arc<TokioResolver>,
+    /// Whether it reads the hosts file before DNS (system configuration only).
+    #[allow(dead_code, reason = "read by the MX lookup, next commit")]
+    hosts_file: bool,
+}
+
+/// Builds the resolver: `servers` empty = the system configuration (/etc/resolv.conf),
+/// otherwise these UDP/TCP servers (ip:port); `timeout` bounds one whole lookup, each query
+/// try gets a quarter of it.
+fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Result<BuiltResolver, String> {
+    let (name_servers, mut options) = if servers.is_empty() {
+        let (config, options) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?;
+        let (_domain, _search, name_servers) = config.into_parts();
+        (name_servers, options)
+    } else {
+        let name_servers = servers.iter().map(|s| name_server(*s)).collect();
+        (name_servers, ResolverOpts::default())
+    };
+    let hosts_file = servers.is_empty() && system_uses_hosts_file();
+    options.use_hosts_file = if hosts_file {
+        ResolveHosts::Always
+    } else {
+        ResolveHosts::Never
+    };
+    options.timeout = (timeout / 4).max(Duration::from_millis(1));
+    options.attempts = 1;
+    options.cache_size = CACHE_SIZE;
+    options.ndots = 0;
+    // Absolute names only: no domain, no search list.
+    let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+    let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+    Ok(BuiltResolver {
+        resolver: Arc::new(resolver),
+        hosts_file,
+    })
 }
 
 /// A server at `addr`, over UDP and TCP on its port.

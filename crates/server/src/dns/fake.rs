@@ -1,10 +1,12 @@
 //! A fake DNS server on loopback, for tests (this crate's and the end-to-end tests, which
 //! point the real binary at it).
 //!
-//! Role: answer PTR, A and AAAA queries from a table the test fills, over UDP and TCP on the
-//! same 127.0.0.1 port; make chosen names never answer ([`FakeDns::stall`]) or answer
-//! SERVFAIL ([`FakeDns::servfail`]); count the queries. Unknown names get NXDOMAIN, known
-//! names asked for another type get an empty NOERROR (NODATA).
+//! Role: answer PTR, A, AAAA and MX queries from a table the test fills, over UDP and TCP on
+//! the same 127.0.0.1 port; make chosen names never answer ([`FakeDns::stall`]) or answer
+//! SERVFAIL ([`FakeDns::servfail`], or for one type only with [`FakeDns::servfail_type`], as
+//! servers that mishandle AAAA do); count the queries. Unknown names get NXDOMAIN, known
+//! names asked for another type get an empty NOERROR (NODATA): a name with only MX records
+//! has no A records, and [`FakeDns::exists`] makes a name with no records at all.
 //!
 //! Must not: be used outside tests; recurse, follow CNAMEs or do anything a real server
 //! does beyond echoing the question with the answers.
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, ResponseCode};
 use hickory_resolver::proto::rr::domain::Label;
-use hickory_resolver::proto::rr::rdata::{A, AAAA, PTR};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -53,6 +55,7 @@ struct Zone {
     records: HashMap<Name, Vec<RData>>,
     stalled: HashSet<Name>,
     servfail: HashSet<Name>,
+    servfail_types: HashSet<(Name, RecordType)>,
 }
 
 /// What to do with one query.
@@ -110,6 +113,26 @@ impl FakeDns {
         }
     }
 
+    /// Add an MX record for `domain`. `exchange` is taken as raw labels split on dots, like
+    /// PTR names; `"."` (or `""`) is the root, for a null MX (RFC 7505).
+    pub fn mx(&self, domain: &str, preference: u16, exchange: &str) {
+        let exchange = if exchange.is_empty() || exchange == "." {
+            Some(Name::root())
+        } else {
+            raw_name(exchange)
+        };
+        if let (Some(owner), Some(exchange)) = (raw_name(domain), exchange) {
+            self.add(owner, RData::MX(MX::new(preference, exchange)));
+        }
+    }
+
+    /// Make `name` exist with no records: every type answers NODATA, none NXDOMAIN.
+    pub fn exists(&self, name: &str) {
+        if let Some(name) = raw_name(name) {
+            self.zone().records.entry(key(&name)).or_default();
+        }
+    }
+
     /// Never answer queries for `name` (any type).
     pub fn stall(&self, name: &str) {
         if let Some(name) = raw_name(name) {
@@ -126,6 +149,13 @@ impl FakeDns {
     pub fn servfail(&self, name: &str) {
         if let Some(name) = raw_name(name) {
             self.zone().servfail.insert(key(&name));
+        }
+    }
+
+    /// Answer SERVFAIL to queries for `name` of type `record_type` only.
+    pub fn servfail_type(&self, name: &str, record_type: RecordType) {
+        if let Some(name) = raw_name(name) {
+            self.zone().servfail_types.insert((key(&name), record_type));
         }
     }
 
@@ -267,7 +297,8 @@ fn answer(zone: &Zone, query: &Message) -> Answer {
     if zone.stalled.contains(&name) {
         return Answer::Stall;
     }
-    if zone.servfail.contains(&name) {
+    let wanted = question.query_type();
+    if zone.servfail.contains(&name) || zone.servfail_types.contains(&(name.clone(), wanted)) {
         reply.metadata.response_code = ResponseCode::ServFail;
         return Answer::Reply(reply);
     }
@@ -276,7 +307,6 @@ fn answer(zone: &Zone, query: &Message) -> Answer {
         return Answer::Reply(reply);
     };
     reply.metadata.authoritative = true;
-    let wanted = question.query_type();
     for data in records
         .iter()
         .filter(|d| d.record_type() == wanted || wanted == RecordType::ANY)

@@ -14,10 +14,8 @@
 //! the message itself, which the caller holds (the spool reads it whole today; streaming it
 //! from the file is for the queue runner's wiring).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +24,7 @@ use portcullis_smtp::client::{ClientConfig, Envelope, RcptStatus, dot_stuff, end
 use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::dns::mx::{MxError, MxLookup, Target};
+use crate::dns::mx::{MxError, MxFuture, MxLookup};
 
 /// A connection to a next hop: TCP or a Unix socket.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -126,9 +124,12 @@ fn mx_unreachable(domain: &str, e: &MxError) -> Unreachable {
             status: "5.1.2",
             text: format!("Host unknown (Name server: {domain}: host not found)"),
         },
-        MxError::NoAddresses => Unreachable::temporary(format!(
-            "Host unknown (Name server: {domain}: no address for its MX hosts)"
-        )),
+        // Sendmail (5.1.2) and Postfix's default bounce when no MX host has an address.
+        MxError::NoAddresses(host) => Unreachable {
+            permanent: true,
+            status: "5.1.2",
+            text: format!("Host unknown (Name server: {host}: host not found)"),
+        },
         MxError::Temporary(why) => {
             Unreachable::temporary(format!("Host name lookup failure ({domain}: {why})"))
         }
@@ -289,10 +290,7 @@ pub async fn deliver_group(
 struct NoMx;
 
 impl MxLookup for NoMx {
-    fn lookup(
-        &self,
-        domain: &str,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Target>, MxError>> + Send>> {
+    fn lookup(&self, domain: &str) -> MxFuture {
         let why = format!("no MX lookups here (for {domain})");
         Box::pin(async move { Err(MxError::Temporary(why)) })
     }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
-use crate::dns::mx::MxLookup;
+use crate::dns::mx::{HickoryMx, MxLookup, Unavailable};
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::gate::{self, Admit, Gate};
 use crate::hold::Holder;
@@ -73,11 +73,14 @@ pub fn resolver(config: &Config) -> Result<Arc<dyn ReverseLookup>, String> {
 /// The MX resolver for relay delivery, from `[dns]` (its servers and timeout, whether or
 /// not reverse lookups are on). When it cannot be set up, lookups fail for now and the
 /// mail waits in the queue.
-fn mx_resolver(config: &Config) -> Arc<dyn MxLookup> {
-    Arc::new(crate::dns::mx::Unavailable(format!(
-        "no resolver for {:?}",
-        config.dns.servers
-    )))
+fn mx_resolver(config: &Config, telemetry: &Telemetry) -> Arc<dyn MxLookup> {
+    match HickoryMx::new(&config.dns.servers, config.dns.timeout) {
+        Ok(mx) => Arc::new(mx),
+        Err(error) => {
+            telemetry.emit(Event::DnsUnavailable { error: &error });
+            Arc::new(Unavailable(error))
+        }
+    }
 }
 
 /// [`build`] with a given name resolver (tests use fixed names).
@@ -118,7 +121,7 @@ pub fn build_with_names(
     let committer =
         Committer::start(spool.clone(), commit).context("cannot start the spool committer")?;
     let (queue, queue_rx) = QueueHandle::new();
-    let mx = mx_resolver(&config);
+    let mx = mx_resolver(&config, &telemetry);
     let gp = config.greet_pause;
     let anvil = Arc::new(MemoryAnvil::new(
         config.rate_control.window,

@@ -145,6 +145,9 @@ async fn temporary_failure_is_retried_then_delivered() {
 
 #[tokio::test]
 async fn past_its_lifetime_a_message_bounces_and_a_failing_bounce_ends_with_the_postmaster() {
+    // The sender's domain does not exist (the fake DNS knows no names): the DSN to it fails
+    // for good.
+    let dns = portcullis::dns::fake::FakeDns::start().await.unwrap();
     let Broken {
         dir: _dir,
         shared,
@@ -154,10 +157,14 @@ async fn past_its_lifetime_a_message_bounces_and_a_failing_bounce_ends_with_the_
     } = start_broken(
         // Ages are whole seconds: with a lifetime of 2 s the first attempt (at age 0 or 1)
         // always fails and is retried before the message expires.
-        "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"2s\"\n",
+        &format!(
+            "queue.retry_min = \"1s\"\nqueue.retry_max = \"1s\"\nqueue.lifetime = \"2s\"\n\
+             dns.reverse = false\ndns.servers = [\"{}\"]\n",
+            dns.addr()
+        ),
     );
-    // The sender's domain has no MX resolver here, so the DSN to bob@example.org fails
-    // too; its notice to the postmaster cannot be delivered (the Maildir is broken) and is
+    // The DSN to bob@example.org bounces (no such domain); the notice about it to the
+    // postmaster cannot be delivered (the Maildir is broken) and, past its own lifetime, is
     // dropped, logged: nothing loops, nothing is left in the queue.
     assert!(
         wait_for(
@@ -174,10 +181,12 @@ async fn past_its_lifetime_a_message_bounces_and_a_failing_bounce_ends_with_the_
     assert_eq!(dsn_lines.len(), 2, "{lines:#?}");
     assert!(dsn_lines[0].contains(&format!("{id}: ")), "{lines:#?}");
     assert!(dsn_lines[0].contains("DSN: Cannot send message for 2 seconds"));
+    assert!(dsn_lines[1].contains("DSN: Host unknown (Name server: example.org"));
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("to=<bob@example.org>") && l.contains("stat=Deferred")),
+        lines.iter().any(|l| l.contains(
+            "to=<bob@example.org>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, dsn=5.1.2, \
+             stat=Host unknown (Name server: example.org: host not found)"
+        )),
         "the bounce went to the envelope sender: {lines:#?}"
     );
     assert!(

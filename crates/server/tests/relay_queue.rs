@@ -298,3 +298,44 @@ fn sigkill_in_the_middle_of_a_delivery_then_delivered_after_the_restart() {
     assert!(got[0].contains("survives a crash"), "{got:?}");
     assert!(server.wait_queue_empty(WAIT), "{}", server.log());
 }
+
+#[test]
+fn a_bare_domain_next_hop_is_found_through_its_mx_records() {
+    // The fake DNS lives on its own runtime for the whole test.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dns = rt
+        .block_on(portcullis::dns::fake::FakeDns::start())
+        .unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    // The preferred MX host refuses connections (nothing listens on 127.0.0.2): the next
+    // one by preference gets the mail.
+    dns.mx("example.net", 20, "mx2.example.net");
+    dns.mx("example.net", 10, "mx1.example.net");
+    dns.a("mx1.example.net", std::net::Ipv4Addr::new(127, 0, 0, 2));
+    dns.a("mx2.example.net", std::net::Ipv4Addr::LOCALHOST);
+    let server = Server::start(&format!(
+        "[dns]\nservers = [\"{}\"]\n[relay]\ndomains = [\"example.net\"]\n\
+         [[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:example.net:{}\"\n",
+        dns.addr(),
+        peer.port
+    ));
+    send(&server, &["mx@example.net"], "found by MX\r\n");
+    let got = wait_stored(peer_dir.path(), 1);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert!(got[0].contains("TO mx@example.net\n"), "{got:?}");
+    assert!(
+        server.wait_log(
+            "to=<mx@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+             relay=mx2.example.net [127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 Ok: queued as 1)",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    drop(dns);
+}

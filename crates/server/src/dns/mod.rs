@@ -3,7 +3,8 @@
 //! Role: turn a client's address into a [`ClientName`] once per connection, while the
 //! connection waits in the greeting pause. The driver holds an `Arc<dyn ReverseLookup>`:
 //! [`HickoryLookup`] in production, [`StaticNames`] for tests and `--host` in the CLI,
-//! [`NoLookup`] when DNS is disabled.
+//! [`NoLookup`] when DNS is disabled. The mail exchangers of a domain, for relay delivery,
+//! are [`mx`]'s; it builds its resolver with the same options (below).
 //!
 //! Equivalents: Sendmail resolves `${client_name}` with `gethostbyaddr` and then looks the name
 //! up forward; when the address is not among the answers it keeps the name but marks it
@@ -28,12 +29,13 @@
 //!   answer is `TempFail`;
 //! - each query try gets `timeout / 4` and one retry (`attempts = 1`, hickory counts retries):
 //!   a PTR query and one forward query, each tried twice, fit in the budget, so a lost UDP
-//!   datagram costs a retry rather than the answer;
+//!   datagram costs a retry rather than the answer (for [`mx`]: the MX query, then the
+//!   address queries of all its hosts at once);
 //! - the response cache holds [`CACHE_SIZE`] responses: busy clients reconnect often, and
 //!   the cache must stay bounded (design.md §3.7);
 //! - no search domains and no default domain, and every name is absolute (PTR names under
-//!   in-addr.arpa / ip6.arpa, forward names from the PTR data), so `ndots` never applies and
-//!   a PTR name is never completed with our own domain;
+//!   in-addr.arpa / ip6.arpa, forward names from the PTR data, MX hosts from the MX data),
+//!   so `ndots` never applies and a name is never completed with our own domain;
 //! - the hosts file: with explicit servers, never (the operator asked for those servers, and
 //!   the tests need a fake DNS to be the only source). With the system configuration, it is
 //!   used when `/etc/nsswitch.conf` lists `files` for `hosts` (or has no `hosts` line or no
@@ -154,12 +156,11 @@ impl ReverseLookup for HickoryLookup {
     }
 }
 
-/// A resolver with the options in this module's header, for every lookup built on hickory
-/// here, so all treat servers, the hosts file and timeouts alike.
+/// A resolver with the options in this module's header, shared by [`HickoryLookup`] and
+/// [`mx::HickoryMx`] so both treat servers, the hosts file and timeouts alike.
 struct BuiltResolver {
     resolver: Arc<TokioResolver>,
     /// Whether it reads the hosts file before DNS (system configuration only).
-    #[allow(dead_code, reason = "read by the MX lookup, next commit")]
     hosts_file: bool,
 }
 

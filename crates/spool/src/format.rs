@@ -133,8 +133,26 @@ pub(crate) fn decode_message(
     mut bytes: Vec<u8>,
     expected: &QueueId,
 ) -> Result<(Envelope, Vec<u8>), String> {
-    let header_end = find(&bytes, b"\n\n").ok_or("no blank line ending the header (torn?)")?;
-    let mut lines = bytes[..header_end].split(|&b| b == b'\n');
+    let header_end = find(&bytes, b"\n\n").ok_or(NO_BLANK_LINE)?;
+    let (env, data_len) = decode_header(&bytes[..header_end], expected)?;
+    let data_start = header_end + 2;
+    let data_end = data_end(data_start, data_len, bytes.len())?;
+    check_trailer(&bytes[data_end..], &message_trailer(&env.id, data_len))?;
+    bytes.truncate(data_end);
+    bytes.drain(..data_start);
+    Ok((env, bytes))
+}
+
+/// Why a file has no header: it never reached the blank line.
+pub(crate) const NO_BLANK_LINE: &str = "no blank line ending the header (torn?)";
+
+/// Decodes the header of a queue file that must belong to `expected`: the bytes before
+/// the blank line, without its two line ends. Returns the envelope and `data-len`.
+pub(crate) fn decode_header(
+    header: &[u8],
+    expected: &QueueId,
+) -> Result<(Envelope, usize), String> {
+    let mut lines = header.split(|&b| b == b'\n');
     if lines.next() != Some(MAGIC) {
         return Err("missing magic line PORTCULLIS-SPOOL 1".into());
     }
@@ -147,15 +165,26 @@ pub(crate) fn decode_message(
     if env.id != *expected {
         return Err(format!("file holds id {} instead of {expected}", env.id));
     }
-    let data_start = header_end + 2;
-    let data_end = data_start
+    Ok((env, data_len))
+}
+
+/// Where the data ends (and the end record starts) in a file of `file_len` bytes whose
+/// data starts at `data_start`; an error if the file is too short to hold it.
+pub(crate) fn data_end(
+    data_start: usize,
+    data_len: usize,
+    file_len: usize,
+) -> Result<usize, String> {
+    data_start
         .checked_add(data_len)
-        .filter(|&end| end <= bytes.len())
-        .ok_or("file shorter than data-len (torn)")?;
-    check_trailer(&bytes[data_end..], &message_trailer(&env.id, data_len))?;
-    bytes.truncate(data_end);
-    bytes.drain(..data_start);
-    Ok((env, bytes))
+        .filter(|&end| end <= file_len)
+        .ok_or_else(|| "file shorter than data-len (torn)".into())
+}
+
+/// Checks what follows the data against the end record of `id` with `data_len` bytes.
+/// `found` may be cut one byte past the record's length: that is enough to tell every case.
+pub(crate) fn check_end_record(found: &[u8], id: &QueueId, data_len: usize) -> Result<(), String> {
+    check_trailer(found, &message_trailer(id, data_len))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

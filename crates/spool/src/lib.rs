@@ -1,7 +1,8 @@
 //! Portcullis spool: makes an accepted message durable before the server says 250.
 //!
 //! Role: queue files with group commit ([`Spool::commit_batch`], driven by the
-//! [`Committer`] thread pool), strict reading and start-up [`Spool::recover`]y,
+//! [`Committer`] thread pool), strict reading (whole, or [`Spool::read_envelope`] without
+//! the data, for queue listings) and start-up [`Spool::recover`]y,
 //! per-message delivery state sidecars, queue ids ([`QueueIdGen`]) and durable Maildir
 //! delivery ([`deliver`]).
 //! Must not: read the clock (time is an argument, unix seconds), use async I/O (the API
@@ -24,5 +25,5 @@ pub use commit::{CommitCallback, CommitOptions, Committer};
 pub use error::{SpoolError, SubmitError};
 pub use id::{ParseQueueIdError, QueueId, QueueIdGen};
 pub use maildir::{MaildirItem, deliver, deliver_batch, unique_name};
-pub use message::{DeliveryState, Envelope, NewMessage, StoredMessage};
+pub use message::{DeliveryState, Envelope, NewMessage, StoredEnvelope, StoredMessage};
 pub use spool::{Recovery, Spool};

@@ -45,6 +45,16 @@ pub struct StoredMessage {
     pub state: DeliveryState,
 }
 
+/// A message read back without its data ([`crate::Spool::read_envelope`]): what a queue
+/// listing needs, at the cost of the envelope only, however large the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    pub envelope: Envelope,
+    /// The length of the message data in bytes (its `data-len`).
+    pub data_len: usize,
+    pub state: DeliveryState,
+}
+
 /// Delivery progress, kept in the sidecar file `queue/<id>.state`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeliveryState {

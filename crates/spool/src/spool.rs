@@ -17,7 +17,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use crate::error::SpoolError;
 use crate::format;
 use crate::fsutil::{create_dir_durable, fsync_dir, rename_noreplace, write_new};
 use crate::id::QueueId;
-use crate::message::{DeliveryState, NewMessage, StoredMessage};
+use crate::message::{DeliveryState, NewMessage, StoredEnvelope, StoredMessage};
 
 const STATE_SUFFIX: &str = ".state";
 
@@ -174,6 +174,61 @@ impl Spool {
             data,
             state,
         })
+    }
+
+    /// Reads and verifies `queue/<id>` as strictly as [`Spool::read`], with its state, but
+    /// without loading the data: the header is read line by line, then only the end
+    /// record is read (after a seek past the data) and checked against the id and
+    /// `data-len`, and the file must end right after it. The data bytes themselves are
+    /// opaque to `read` as well, so both accept the same files. Memory: the envelope, not
+    /// the message (a file damaged before its header's blank line is read to its end).
+    pub fn read_envelope(&self, id: &QueueId) -> Result<StoredEnvelope, SpoolError> {
+        self.read_head(id, 0).map(|(stored, _)| stored)
+    }
+
+    /// [`Spool::read_envelope`] plus the first `max` bytes of the data (all of it when
+    /// shorter): enough to show a message's header section without reading its body.
+    pub fn read_head(
+        &self,
+        id: &QueueId,
+        max: usize,
+    ) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+        let path = self.queue_path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound { id: id.to_string() });
+            }
+            Err(e) => return Err(SpoolError::io(&path, e)),
+        };
+        let io_error = |e| SpoolError::io(&path, e);
+        let corrupt = |reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        // Queue files are never rewritten, so the length read now is the file's.
+        let file_len = file.metadata().map_err(io_error)?.len();
+        let mut reader = BufReader::new(file);
+        let header = read_header(&mut reader)
+            .map_err(io_error)?
+            .map_err(corrupt)?;
+        // `read_header` returned the header with its blank line: at least "M\n\n".
+        let data_start = header.len();
+        let (envelope, data_len) =
+            format::decode_header(&header[..data_start - 2], id).map_err(corrupt)?;
+        let file_len = usize::try_from(file_len).unwrap_or(usize::MAX);
+        let data_end = format::data_end(data_start, data_len, file_len).map_err(corrupt)?;
+        let head = read_at(&mut reader, data_start, max.min(data_len)).map_err(io_error)?;
+        let record_len = format::message_trailer(id, data_len).len();
+        let end = read_at(&mut reader, data_end, record_len + 1).map_err(io_error)?;
+        format::check_end_record(&end, id, data_len).map_err(corrupt)?;
+        let state = self.read_state(id, envelope.recipients.len())?;
+        let stored = StoredEnvelope {
+            envelope,
+            data_len,
+            state,
+        };
+        Ok((stored, head))
     }
 
     fn read_state(&self, id: &QueueId, recipients: usize) -> Result<DeliveryState, SpoolError> {
@@ -366,6 +421,40 @@ fn read_names(dir: &Path) -> Result<Vec<OsString>, SpoolError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Reads a queue file's header up to and including the blank line that ends it, one line
+/// at a time so the data after it is never read. `Ok(Err(reason))` when the file is not a
+/// queue file (checked on the first line, so a foreign file is not read further) or ends
+/// before the blank line.
+fn read_header(reader: &mut impl BufRead) -> io::Result<Result<Vec<u8>, String>> {
+    let mut header = Vec::with_capacity(512);
+    loop {
+        let start = header.len();
+        let n = reader.read_until(b'\n', &mut header)?;
+        if n == 0 || header.last() != Some(&b'\n') {
+            return Ok(Err(format::NO_BLANK_LINE.into()));
+        }
+        let line = &header[start..header.len() - 1];
+        if start == 0 && line != format::MAGIC {
+            return Ok(Err("missing magic line PORTCULLIS-SPOOL 1".into()));
+        }
+        if line.is_empty() {
+            return Ok(Ok(header));
+        }
+    }
+}
+
+/// Reads at most `len` bytes starting at byte `offset` (fewer at the end of the file).
+fn read_at(reader: &mut (impl Read + Seek), offset: usize, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if len == 0 {
+        return Ok(out);
+    }
+    // usize to u64 never truncates on the platforms we build for.
+    reader.seek(SeekFrom::Start(offset as u64))?;
+    reader.take(len as u64).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// `io::Error` is not `Clone`; keep the OS error code so `Full` is still recognised.

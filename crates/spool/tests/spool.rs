@@ -229,6 +229,85 @@ fn read_rejects_corrupt_queue_file() {
     );
 }
 
+#[test]
+fn read_envelope_agrees_with_read_without_the_data() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    let ids = QueueIdGen::new(4242);
+    let odd: Vec<u8> = (0..=255u8).chain(*b"\0\n\n.\r\n\nEND x 1\n").collect();
+    let batch = vec![
+        message(ids.next(T0), b""),
+        message(ids.next(T0), b"Subject: hi\r\n\r\nbody\r\n"),
+        message(ids.next(T0), &odd),
+    ];
+    assert!(spool.commit_batch(&batch).iter().all(Result::is_ok));
+    let state = DeliveryState {
+        attempts: 1,
+        done: vec![true, false],
+        rcpt_errors: vec![None, Some("451 4.2.2 full".into())],
+        ..Default::default()
+    };
+    spool.write_state(&batch[2].envelope.id, &state).unwrap();
+    for msg in &batch {
+        let id = &msg.envelope.id;
+        let full = spool.read(id).unwrap();
+        let light = spool.read_envelope(id).unwrap();
+        assert_eq!(light.envelope, full.envelope);
+        assert_eq!(light.data_len, full.data.len());
+        assert_eq!(light.state, full.state);
+        for max in [0, 1, 5, msg.data.len(), msg.data.len() + 10] {
+            let (again, head) = spool.read_head(id, max).unwrap();
+            assert_eq!(again, light);
+            assert_eq!(head, &msg.data[..max.min(msg.data.len())], "max {max}");
+        }
+    }
+    assert_eq!(
+        spool.read_envelope(&batch[2].envelope.id).unwrap().state,
+        state
+    );
+    let missing = ids.next(T0);
+    assert!(matches!(
+        spool.read_envelope(&missing),
+        Err(SpoolError::NotFound { .. })
+    ));
+}
+
+/// `read_envelope` must refuse exactly the files `read` refuses: torn at every offset,
+/// bytes after the end record, a wrong length, a foreign file.
+#[test]
+fn read_envelope_rejects_what_read_rejects() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    let id = QueueIdGen::new(1).next(T0);
+    assert!(spool.commit_batch(&[message(id.clone(), b"Hi\r\n\r\n")])[0].is_ok());
+    let path = root.path().join("queue").join(id.as_str());
+    let full = fs::read(&path).unwrap();
+    let text = String::from_utf8(full.clone()).unwrap();
+    let mut damaged: Vec<Vec<u8>> = (0..full.len()).map(|cut| full[..cut].to_vec()).collect();
+    for junk in [&b"x"[..], b"\n", b"END again\n"] {
+        damaged.push([full.as_slice(), junk].concat());
+    }
+    for (from, to) in [("data-len 6", "data-len 5"), ("data-len 6", "data-len 7")] {
+        damaged.push(text.replace(from, to).into_bytes());
+    }
+    damaged.push(b"not a queue file\n\nat all".to_vec());
+    for bytes in damaged {
+        fs::write(&path, &bytes).unwrap();
+        let shown = String::from_utf8_lossy(&bytes);
+        assert!(
+            matches!(spool.read(&id), Err(SpoolError::Corrupt { .. })),
+            "read accepted {shown:?}"
+        );
+        let err = spool.read_envelope(&id).unwrap_err();
+        assert!(
+            matches!(err, SpoolError::Corrupt { path: ref p, .. } if *p == path),
+            "{shown:?}: {err:?}"
+        );
+    }
+    fs::write(&path, &full).unwrap();
+    assert_eq!(spool.read_envelope(&id).unwrap().data_len, 6);
+}
+
 /// Commits `victim` and `intact`, damages the victim's file with `damage`, recovers.
 fn recover_after(damage: impl FnOnce(&Path)) -> (tempfile::TempDir, QueueId, QueueId, Vec<u8>) {
     let root = tempfile::tempdir().unwrap();

@@ -22,6 +22,7 @@ pub mod hold;
 pub mod load;
 pub mod outbound;
 pub mod queue;
+pub mod queue_ops;
 pub mod relay;
 pub mod serve;
 pub mod state;

@@ -14,6 +14,7 @@ pub mod bounce;
 pub mod clock;
 pub mod cmd;
 pub mod conn;
+pub mod control;
 pub mod dns;
 pub mod dsn;
 pub mod gate;

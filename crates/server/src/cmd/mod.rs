@@ -10,6 +10,7 @@ use portcullis_config::{Diagnostic, Loaded, embedded_default, load_file};
 
 pub mod access;
 pub mod check_config;
+pub mod queue;
 pub mod serve;
 
 /// Exit status for a configuration error (EX_CONFIG).
@@ -45,6 +46,16 @@ pub enum Command {
         #[command(subcommand)]
         command: access::AccessCommand,
     },
+    /// The mail queue: list (like mailq), show, flush, delete, hold, release. Goes through the
+    /// running server's control socket; works on the spool directly when no server runs.
+    Queue {
+        /// Configuration file (TOML) naming the spool; the embedded default when omitted.
+        #[arg(long, short = 'c', value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
 }
 
 /// Loads the named file or the embedded default.
@@ -61,5 +72,6 @@ pub fn run(cli: Cli) -> i32 {
         Command::Serve { config } => serve::run(config),
         Command::CheckConfig { config } => check_config::run(config.as_deref()),
         Command::Access { command } => access::run(command),
+        Command::Queue { config, command } => queue::run(config.as_deref(), &command),
     }
 }

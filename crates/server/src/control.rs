@@ -70,7 +70,8 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
 /// a server answers, this fails (`AddrInUse`, "another server is running on this spool"); if
 /// nothing listens (a crash left it), it is removed and replaced. Anything else at the path
 /// is left alone and binding fails. The caller removes the socket when it stops (a stale one
-/// is harmless: clients and the next `bind` see ECONNREFUSED).
+/// is harmless: clients and the next `bind` see ECONNREFUSED). Blocking (the probe waits up
+/// to a second for a busy server): call it before the runtime or on a blocking thread.
 pub fn bind(path: &Path) -> io::Result<StdUnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {

@@ -24,16 +24,21 @@ use std::hash::{BuildHasher, RandomState};
 use portcullis_config::next_hop::NextHop;
 use portcullis_smtp::client::RcptStatus;
 use portcullis_spool::{
-    DeliveryState, MaildirItem, QueueId, SpoolError, StoredMessage, unique_name,
+    DeliveryState, MaildirItem, QueueId, Spool, SpoolError, StoredMessage, unique_name,
 };
-use tokio::sync::mpsc;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bounce;
 use crate::clock;
+use crate::control::QueueControl;
 use crate::load::{self, LoadAction};
 use crate::outbound::{self, Destination, RelayResult};
+use crate::queue_ops::{self, Op, Response};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{Event, RelayStat};
 
@@ -48,25 +53,59 @@ const LOAD_RECHECK: Duration = Duration::from_secs(1);
 /// How often the spool directory is rescanned anyway.
 const RESCAN_EVERY: Duration = Duration::from_secs(300);
 
-/// Tells the runner about a newly committed message. Never blocks.
+/// Tells the runner about a newly committed message (never blocks), and carries the
+/// operator's queue commands to it.
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::Sender<QueueId>,
     overflow: Arc<AtomicBool>,
+    control: mpsc::Sender<ControlRequest>,
 }
+
+/// An operator's command for the runner, with where to send the answer.
+pub struct ControlRequest {
+    op: Op,
+    reply: oneshot::Sender<Response>,
+}
+
+/// Control requests waiting for the runner at most.
+const CONTROL_QUEUE: usize = 8;
 
 impl QueueHandle {
     /// A handle and the receiver the runner reads.
     pub fn new() -> (Self, QueueReceiver) {
         let (tx, rx) = mpsc::channel(MAX_ACTIVE);
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
         (
             Self {
                 tx,
                 overflow: overflow.clone(),
+                control,
             },
-            QueueReceiver { rx, overflow },
+            QueueReceiver {
+                rx,
+                overflow,
+                control: control_rx,
+            },
         )
+    }
+
+    /// Has the runner carry out a command that changes a message (flush, delete, hold,
+    /// release): it knows which messages are being delivered and what is scheduled.
+    pub async fn control(&self, op: Op) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .control
+            .send(ControlRequest { op, reply })
+            .await
+            .is_err()
+        {
+            return Response::error("the queue runner is not running\n");
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Response::error("the queue runner stopped before answering\n"))
     }
 
     /// Schedules `id`. If the runner is saturated, the id is picked up by its next rescan.
@@ -81,6 +120,37 @@ impl QueueHandle {
 pub struct QueueReceiver {
     rx: mpsc::Receiver<QueueId>,
     overflow: Arc<AtomicBool>,
+    control: mpsc::Receiver<ControlRequest>,
+}
+
+/// The control socket's handler in a running server: listings read the spool directly
+/// (files are replaced by renames, so a reader never sees half a state); changes go
+/// through the runner.
+pub struct RunnerControl {
+    spool: Arc<Spool>,
+    queue: QueueHandle,
+}
+
+impl RunnerControl {
+    /// A handler for this spool and runner.
+    pub fn new(spool: Arc<Spool>, queue: QueueHandle) -> Self {
+        Self { spool, queue }
+    }
+}
+
+impl QueueControl for RunnerControl {
+    fn execute(&self, op: Op) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+        let (spool, queue) = (self.spool.clone(), self.queue.clone());
+        Box::pin(async move {
+            if op.changes_spool() {
+                return queue.control(op).await;
+            }
+            let run = move || queue_ops::execute(&spool, &op, clock::unix_secs());
+            tokio::task::spawn_blocking(run)
+                .await
+                .unwrap_or_else(|e| Response::error(format!("the queue operation failed: {e}\n")))
+        })
+    }
 }
 
 /// What happened to one message in a delivery attempt.
@@ -101,6 +171,8 @@ struct Scheduler {
     waiting: BTreeSet<(i64, QueueId)>,
     /// Everything scheduled or being delivered.
     known: HashSet<QueueId>,
+    /// Being delivered now (in a worker's batch or a relay job).
+    busy: HashSet<QueueId>,
     rescan: bool,
 }
 
@@ -117,8 +189,27 @@ impl Scheduler {
         self.ready.push_back(id);
     }
 
+    /// A message to try now (the operator flushed or released it).
+    fn make_due(&mut self, id: QueueId) {
+        if let Some(at) = self
+            .waiting
+            .iter()
+            .find(|(_, w)| *w == id)
+            .map(|(at, _)| *at)
+        {
+            self.waiting.remove(&(at, id.clone()));
+            self.ready.push_back(id);
+        } else if !self.busy.contains(&id) && !self.ready.contains(&id) {
+            self.known.remove(&id);
+            self.add(id);
+        }
+    }
+
     /// Where a message goes after an attempt.
     fn settled(&mut self, id: QueueId, outcome: Outcome) {
+        if !matches!(outcome, Outcome::Relay(_)) {
+            self.busy.remove(&id);
+        }
         match outcome {
             Outcome::Retry(at) => {
                 self.waiting.insert((at, id));
@@ -163,6 +254,7 @@ pub async fn run(
         ready: VecDeque::new(),
         waiting: BTreeSet::new(),
         known: HashSet::new(),
+        busy: HashSet::new(),
         rescan: false,
     };
     for id in initial {
@@ -203,6 +295,7 @@ pub async fn run(
         {
             let n = sched.ready.len().min(BATCH);
             let batch: Vec<QueueId> = sched.ready.drain(..n).collect();
+            sched.busy.extend(batch.iter().cloned());
             let shared = shared.clone();
             workers.spawn_blocking(move || deliver_batch(&shared, &batch));
         }
@@ -235,6 +328,7 @@ pub async fn run(
                     sched.settled(id, outcome);
                 }
             }
+            Some(req) = rx.control.recv() => control(&shared, &mut sched, req).await,
             () = tokio::time::sleep(wake) => sched.promote_due(clock::unix_secs()),
         }
         let overflow = rx.overflow.swap(false, Ordering::Relaxed);
@@ -256,6 +350,48 @@ pub async fn run(
     let _ =
         tokio::time::timeout(grace, async { while relays.join_next().await.is_some() {} }).await;
     relays.shutdown().await;
+}
+
+/// Carries out an operator's change on the spool, unless the message is being delivered
+/// right now (its attempt would overwrite the change when it settles); then brings the
+/// schedule in line: flushed and released messages are tried at once.
+async fn control(shared: &Arc<Shared>, sched: &mut Scheduler, req: ControlRequest) {
+    let ControlRequest { op, reply } = req;
+    let target = match &op {
+        Op::Delete(id) | Op::Hold(id) | Op::Release(id) | Op::Flush(Some(id)) => Some(id),
+        Op::List | Op::Show(_) | Op::Flush(None) => None,
+    };
+    if let Some(id) = target
+        && sched.busy.contains(id)
+    {
+        let _ = reply.send(Response::error(format!(
+            "{id} is being delivered right now; try again when the attempt is over\n"
+        )));
+        return;
+    }
+    let spool = shared.spool.clone();
+    let run = move || {
+        let response = queue_ops::execute(&spool, &op, clock::unix_secs());
+        (op, response)
+    };
+    let Ok((op, response)) = tokio::task::spawn_blocking(run).await else {
+        let _ = reply.send(Response::error("the queue operation failed\n"));
+        return;
+    };
+    for id in &response.due_now {
+        // Flushing everything skips what is being delivered (it is due already).
+        if !sched.busy.contains(id) {
+            sched.make_due(id.clone());
+        }
+    }
+    if let Op::Delete(id) | Op::Hold(id) = &op
+        && response.ok
+    {
+        sched.waiting.retain(|(_, w)| w != id);
+        sched.ready.retain(|r| r != id);
+        sched.known.remove(id);
+    }
+    let _ = reply.send(response);
 }
 
 /// One worker's batch, on a blocking thread. Group commit on the delivery side: every

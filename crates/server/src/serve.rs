@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, LoadedMap};
+use crate::control;
 use crate::dns::mx::{HickoryMx, MxLookup, Unavailable};
 use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::gate::{self, Admit, Gate};
@@ -193,6 +194,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .iter()
         .map(|a| bind(*a))
         .collect::<Result<Vec<_>>>()?;
+    // The operator's `portcullis queue` commands come in here (owner-only socket). Another
+    // server on the same spool is refused: two runners would deliver everything twice.
+    let control_path = control::socket_path(shared.spool.dir());
+    let control_listener = {
+        let path = control_path.clone();
+        tokio::task::spawn_blocking(move || control::bind(&path))
+            .await
+            .context("cannot bind the control socket")?
+            .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?
+    };
+    let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
     shared.telemetry.emit(Event::ServerStarted {
         version: env!("CARGO_PKG_VERSION"),
         config: &origin,
@@ -207,6 +219,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         recovered,
         shutdown.clone(),
     ));
+    let handler = Arc::new(queue::RunnerControl::new(
+        shared.spool.clone(),
+        shared.queue.clone(),
+    ));
+    let control_server = tokio::spawn(control::serve(control_listener, handler, shutdown.clone()));
     let holder = Holder::start(shared.clone(), shutdown.clone(), sessions.clone())
         .context("cannot start the greeting-pause holder")?;
     let gate = Arc::new(Gate::new());
@@ -238,6 +255,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         Err(_) => sessions.len(),
     };
     let _ = runner.await;
+    let _ = control_server.await;
+    let _ = std::fs::remove_file(&control_path);
     let committer_owner = shared.clone();
     let _ = tokio::task::spawn_blocking(move || committer_owner.committer.shutdown()).await;
     shared.telemetry.emit(Event::ShutdownDone {

@@ -339,3 +339,70 @@ fn a_bare_domain_next_hop_is_found_through_its_mx_records() {
     );
     drop(dns);
 }
+
+/// Runs `portcullis queue <args> -c <config>`; (exit code, stdout, stderr).
+fn queue_cmd(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("queue")
+        .args(args)
+        .arg("-c")
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_queue_commands_reach_the_running_server() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = relay_config("smtp", port);
+    // Long enough that only the operator makes the message come back.
+    cfg = cfg.replace(
+        "retry_min = \"1s\"\nretry_max = \"2s\"",
+        "retry_min = \"1h\"\nretry_max = \"2h\"",
+    );
+    let server = Server::start(&cfg);
+    send(&server, &["queued@example.net"], "operator\r\n");
+    assert!(server.wait_log("stat=Deferred: Connection refused by [127.0.0.1]", WAIT));
+    let (code, list, err) = queue_cmd(&server, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(list.contains("(1 request"), "{list}");
+    assert!(list.contains("<alice@example.org>"), "{list}");
+    assert!(list.contains("<queued@example.net>"), "{list}");
+    assert!(list.contains("Connection refused by [127.0.0.1]"), "{list}");
+    assert!(err.is_empty(), "through the socket, not the spool: {err}");
+    let id = list
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches('-')
+        .to_owned();
+
+    // Held: a flush leaves it alone.
+    let (code, _, err) = queue_cmd(&server, &["hold", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert!(queue_cmd(&server, &["list"]).1.contains("QUARANTINE: held"));
+    // Released with the next hop up: delivered at once, not in an hour.
+    let peer_dir = tempfile::tempdir().unwrap();
+    let _peer = Peer::start_on("smtp", peer_dir.path(), port);
+    let (code, _, err) = queue_cmd(&server, &["release", &id]);
+    assert_eq!(code, 0, "{err}");
+    let got = wait_stored(peer_dir.path(), 1);
+    assert!(got[0].contains("TO queued@example.net\n"), "{got:?}");
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    let (code, list, _) = queue_cmd(&server, &["list"]);
+    assert_eq!((code, list.trim()), (0, "Mail queue is empty"));
+    let (code, _, err) = queue_cmd(&server, &["delete", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such message"), "{err}");
+}

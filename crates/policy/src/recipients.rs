@@ -138,7 +138,10 @@ impl LocalRecipients {
             return RecipientVerdict::RelayDenied;
         }
         let local = mailbox.local.to_lowercase();
-        let known = if self.users.is_empty() {
+        // RFC 5321 §4.5.1: postmaster at every domain of ours, listed or not.
+        let known = if local == "postmaster" && !mailbox.quoted {
+            true
+        } else if self.users.is_empty() {
             !mailbox.quoted && is_safe_mailbox_name(&local)
         } else {
             // A listed user is safe by construction (the config refuses unsafe names).
@@ -285,6 +288,11 @@ mod tests {
                 local("localhost", "alice"),
             ),
             (&listed_users(), "BOB@localhost", local("localhost", "bob")),
+            (
+                &listed_users(),
+                "PostMaster@localhost",
+                local("localhost", "postmaster"),
+            ),
             (
                 &listed_users(),
                 "carol@localhost",

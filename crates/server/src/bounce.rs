@@ -109,7 +109,11 @@ pub fn send(
         .spool
         .commit_batch(std::slice::from_ref(&message))
         .pop()
-        .unwrap_or(Ok(()))
+        .unwrap_or_else(|| {
+            Err(portcullis_spool::SpoolError::NotFound {
+                id: dsn_id.to_string(),
+            })
+        })
         .map_err(|e| e.to_string())?;
     shared.queue.notify(dsn_id.clone());
     let reason = failed

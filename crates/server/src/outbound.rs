@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use portcullis_config::next_hop::{Host, NextHop, Protocol};
 use portcullis_smtp::address::parse_path;
+use portcullis_smtp::client::RcptStatus;
 use portcullis_smtp::client::{ClientConfig, Envelope};
-use portcullis_smtp::{RcptOutcome, ReversePath};
+use portcullis_smtp::{ClientPhase, RcptOutcome, Reply, ReversePath};
 use portcullis_spool::StoredMessage;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -119,15 +120,58 @@ pub struct RelayResult {
     pub mailer: &'static str,
 }
 
+/// `Received:` header fields a message may carry before it is refused as looping
+/// (Sendmail's `MaxHopCount`, 25 by default: `554 5.4.6 Too many hops`).
+pub const MAX_HOPS_COUNT: usize = 25;
+
+/// What one relay attempt of a message gave.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// The recipients that were tried (or failed without a try).
+    pub results: Vec<RelayResult>,
+    /// Some recipients were not tried: their next hop (or all hops together) had every
+    /// connection slot taken. They are tried again soon, without counting an attempt.
+    pub busy: bool,
+}
+
 /// Delivers the recipients `remote` (index, next hop) of `stored`, one session per next hop,
-/// the sessions in parallel within `limits`.
+/// the sessions in parallel. A group whose hop has no free slot (`connections_per_hop`, or
+/// `max_connections` for all) is not tried now rather than waited for: a job never holds a
+/// message in memory while it queues behind a slow next hop.
 pub async fn deliver(
     shared: Arc<Shared>,
     rt: Arc<Runtime>,
     limits: Arc<Limits>,
     stored: Arc<StoredMessage>,
     remote: Vec<(usize, NextHop)>,
-) -> Vec<RelayResult> {
+) -> Delivery {
+    let hops = received_count(&stored.data);
+    if hops > MAX_HOPS_COUNT {
+        // A loop (a route or an MX record pointing back here, or between two servers):
+        // bounce instead of passing it round again.
+        let text = format!("5.4.6 Too many hops {hops} ({MAX_HOPS_COUNT} max)");
+        let results = remote
+            .into_iter()
+            .filter_map(|(index, hop)| {
+                Some(RelayResult {
+                    index,
+                    outcome: RcptOutcome {
+                        recipient: stored.envelope.recipients.get(index)?.clone(),
+                        status: RcptStatus::PermFail,
+                        reply: Reply::new(554, text.clone()),
+                        remote: false,
+                        phase: ClientPhase::Greeting,
+                    },
+                    relay: None,
+                    mailer: mailer(&hop),
+                })
+            })
+            .collect();
+        return Delivery {
+            results,
+            busy: false,
+        };
+    }
     let mut groups: Vec<(NextHop, Vec<usize>)> = Vec::new();
     for (index, hop) in remote {
         match groups.iter_mut().find(|(h, _)| *h == hop) {
@@ -136,23 +180,26 @@ pub async fn deliver(
         }
     }
     let eight_bit = stored.data.iter().any(|b| !b.is_ascii());
+    let us = Arc::new(relay::Us {
+        hostname: rt.config.server.hostname.clone(),
+        listen: rt.config.server.listen.clone(),
+    });
+    let mut busy = false;
     let mut tasks = JoinSet::new();
     for (hop, members) in groups {
-        let (shared, rt, limits, stored) =
-            (shared.clone(), rt.clone(), limits.clone(), stored.clone());
+        // The hop's slot first, then the global one: a saturated hop takes no global slot.
+        let Ok(hop_slot) = limits.hop(&hop.to_string()).try_acquire_owned() else {
+            busy = true;
+            continue;
+        };
+        let Ok(total_slot) = limits.total.clone().try_acquire_owned() else {
+            busy = true;
+            continue;
+        };
+        let (shared, rt, stored, us) = (shared.clone(), rt.clone(), stored.clone(), us.clone());
         tasks.spawn(async move {
-            let key = hop.to_string();
-            // Closed semaphores never happen here; without a slot, deliver anyway.
-            let _total = limits.total.clone().acquire_owned().await;
-            let _hop = limits.hop(&key).acquire_owned().await;
-            let lmtp = matches!(
-                hop,
-                NextHop::LmtpUnix(_)
-                    | NextHop::Tcp {
-                        protocol: Protocol::Lmtp,
-                        ..
-                    }
-            );
+            let _slots = (hop_slot, total_slot);
+            let lmtp = mailer(&hop) == "lmtp";
             let cfg = Arc::new(ClientConfig {
                 helo_name: rt.config.server.hostname.clone(),
                 lmtp,
@@ -171,13 +218,14 @@ pub async fn deliver(
             let result = relay::deliver_group(
                 &hop,
                 shared.mx.as_ref(),
+                &us,
                 cfg,
                 envelope,
                 &stored.data,
                 &timeouts,
             )
             .await;
-            let mailer = if lmtp { "lmtp" } else { "esmtp" };
+            let mailer = mailer(&hop);
             members
                 .into_iter()
                 .zip(result.outcomes)
@@ -194,5 +242,54 @@ pub async fn deliver(
     while let Some(done) = tasks.join_next().await {
         results.extend(done.unwrap_or_default());
     }
-    results
+    Delivery { results, busy }
+}
+
+/// `esmtp` or `lmtp`, for the log's `mailer=`.
+fn mailer(hop: &NextHop) -> &'static str {
+    match hop {
+        NextHop::LmtpUnix(_)
+        | NextHop::Tcp {
+            protocol: Protocol::Lmtp,
+            ..
+        } => "lmtp",
+        NextHop::Tcp { .. } => "esmtp",
+    }
+}
+
+/// How many `Received:` fields the header section of `data` holds.
+fn received_count(data: &[u8]) -> usize {
+    let head = memchr::memmem::find(data, b"\r\n\r\n").map_or(data, |end| &data[..end + 2]);
+    let mut count = usize::from(head.len() >= 9 && head[..9].eq_ignore_ascii_case(b"received:"));
+    for at in memchr::memmem::find_iter(head, b"\r\n") {
+        let line = &head[at + 2..];
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section_only() {
+        assert_eq!(received_count(b""), 0);
+        assert_eq!(
+            received_count(b"Received: a\r\nSubject: x\r\n\r\nReceived: body\r\n"),
+            1
+        );
+        assert_eq!(
+            received_count(b"X: y\r\nRECEIVED: a\r\n  folded\r\nreceived:b\r\n\r\n"),
+            2
+        );
+        assert_eq!(
+            received_count(b"X-Received: no\r\nReceivedx: no\r\n\r\n"),
+            0
+        );
+        // No body separator: all of it is the header section.
+        assert_eq!(received_count(b"Received: a\r\nReceived: b\r\n"), 2);
+    }
 }

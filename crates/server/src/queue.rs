@@ -14,7 +14,7 @@
 //! treated as temporary in this release (no bounces yet): a message that stays undeliverable
 //! past `[queue] lifetime` is held in the spool for the administrator, never dropped.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -50,6 +50,8 @@ const BATCH: usize = 32;
 const WORKERS: usize = 4;
 /// How often held delivery looks at the load again.
 const LOAD_RECHECK: Duration = Duration::from_secs(1);
+/// When a message whose next hops were all busy is looked at again.
+const BUSY_RETRY: Duration = Duration::from_secs(5);
 /// How often the spool directory is rescanned anyway.
 const RESCAN_EVERY: Duration = Duration::from_secs(300);
 
@@ -205,6 +207,15 @@ impl Scheduler {
         }
     }
 
+    /// The messages of a task that panicked: tried again at `at` (their spool files and
+    /// states are as the last settled attempt left them).
+    fn lost(&mut self, ids: Option<Vec<QueueId>>, at: i64) {
+        for id in ids.unwrap_or_default() {
+            self.busy.remove(&id);
+            self.waiting.insert((at, id));
+        }
+    }
+
     /// Where a message goes after an attempt.
     fn settled(&mut self, id: QueueId, outcome: Outcome) {
         if !matches!(outcome, Outcome::Relay(_)) {
@@ -262,10 +273,14 @@ pub async fn run(
     }
     let mut workers: JoinSet<Vec<(QueueId, Outcome)>> = JoinSet::new();
     let mut relays: JoinSet<(QueueId, Outcome)> = JoinSet::new();
-    let (max_relays, limits) = {
+    // The messages each task holds, so a task that panics does not leave them "busy".
+    let mut in_tasks: HashMap<tokio::task::Id, Vec<QueueId>> = HashMap::new();
+    let limits = {
         let q = &shared.runtime.load().config.queue;
-        let limits = outbound::Limits::new(q.max_connections, q.connections_per_hop);
-        (q.max_connections as usize, Arc::new(limits))
+        Arc::new(outbound::Limits::new(
+            q.max_connections,
+            q.connections_per_hop,
+        ))
     };
     let mut last_scan = clock::now();
     let mut held = false;
@@ -286,18 +301,17 @@ pub async fn run(
             }
             _ => {}
         }
-        // Each relay job holds one message in memory: at most `max_connections` of them
-        // (a batch can add BATCH more).
-        while !held
-            && workers.len() < WORKERS
-            && relays.len() < max_relays
-            && !sched.ready.is_empty()
-        {
+        // Relay jobs need no gate here: a job never waits for a connection slot (it gives
+        // its message back when its hops are busy), so at most `max_connections` of them
+        // hold a message for long, and local delivery never queues behind them.
+        while !held && workers.len() < WORKERS && !sched.ready.is_empty() {
             let n = sched.ready.len().min(BATCH);
             let batch: Vec<QueueId> = sched.ready.drain(..n).collect();
             sched.busy.extend(batch.iter().cloned());
             let shared = shared.clone();
-            workers.spawn_blocking(move || deliver_batch(&shared, &batch));
+            let ids = batch.clone();
+            let task = workers.spawn_blocking(move || deliver_batch(&shared, &batch));
+            in_tasks.insert(task.id(), ids);
         }
         // With a `queue_*` threshold set, the load is looked at every second, so holding
         // and resuming (and their log lines) follow it even while nothing arrives.
@@ -313,19 +327,31 @@ pub async fn run(
                     sched.add(id);
                 }
             }
-            Some(done) = workers.join_next(), if !workers.is_empty() => {
-                for (id, outcome) in done.unwrap_or_default() {
-                    match outcome {
-                        Outcome::Relay(job) => {
-                            relays.spawn(relay_job(shared.clone(), limits.clone(), *job));
+            Some(done) = workers.join_next_with_id(), if !workers.is_empty() => {
+                match done {
+                    Ok((task, outcomes)) => {
+                        in_tasks.remove(&task);
+                        for (id, outcome) in outcomes {
+                            match outcome {
+                                Outcome::Relay(job) => {
+                                    let ids = vec![id];
+                                    let job = relay_job(shared.clone(), limits.clone(), *job);
+                                    in_tasks.insert(relays.spawn(job).id(), ids);
+                                }
+                                other => sched.settled(id, other),
+                            }
                         }
-                        other => sched.settled(id, other),
                     }
+                    Err(e) => sched.lost(in_tasks.remove(&e.id()), retry_later(&shared)),
                 }
             }
-            Some(done) = relays.join_next(), if !relays.is_empty() => {
-                if let Ok((id, outcome)) = done {
-                    sched.settled(id, outcome);
+            Some(done) = relays.join_next_with_id(), if !relays.is_empty() => {
+                match done {
+                    Ok((task, (id, outcome))) => {
+                        in_tasks.remove(&task);
+                        sched.settled(id, outcome);
+                    }
+                    Err(e) => sched.lost(in_tasks.remove(&e.id()), retry_later(&shared)),
                 }
             }
             Some(req) = rx.control.recv() => control(&shared, &mut sched, req).await,
@@ -350,6 +376,11 @@ pub async fn run(
     let _ =
         tokio::time::timeout(grace, async { while relays.join_next().await.is_some() {} }).await;
     relays.shutdown().await;
+}
+
+/// When a message whose attempt failed unexpectedly is tried again.
+fn retry_later(shared: &Shared) -> i64 {
+    clock::unix_secs() + shared.runtime.load().config.queue.retry_min.as_secs() as i64
 }
 
 /// Carries out an operator's change on the spool, unless the message is being delivered
@@ -414,6 +445,18 @@ fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> 
     for (w, remote) in work.into_iter().zip(remote) {
         let id = w.stored.envelope.id.clone();
         if !remote.is_empty() {
+            // Local copies made in this attempt are recorded now: a relay session can take
+            // long, and a stop or crash meanwhile must not deliver them twice.
+            let done_now = w.state.done.iter().filter(|&&d| d).count();
+            let done_before = w.stored.state.done.iter().filter(|&&d| d).count();
+            if done_now > done_before
+                && let Err(e) = shared.spool.write_state(&id, &w.state)
+            {
+                shared.telemetry.emit(Event::SpoolReadFailed {
+                    qid: id.as_str(),
+                    error: &e.to_string(),
+                });
+            }
             let job = RelayJob {
                 work: w,
                 remote,
@@ -423,7 +466,7 @@ fn deliver_batch(shared: &Shared, batch: &[QueueId]) -> Vec<(QueueId, Outcome)> 
         } else if w.state.done.iter().all(|&d| d) {
             finished.push(id);
         } else {
-            outcomes.push((id, settle(shared, &rt, &w.stored, w.state, &[], now)));
+            outcomes.push((id, settle(shared, &rt, &w.stored, w.state, &[], false, now)));
         }
     }
     let removed = shared.spool.remove_batch(&finished);
@@ -601,7 +644,7 @@ async fn relay_job(
         started,
     } = job;
     let id = work.stored.envelope.id.clone();
-    let results = outbound::deliver(
+    let delivery = outbound::deliver(
         shared.clone(),
         rt.clone(),
         limits,
@@ -611,7 +654,15 @@ async fn relay_job(
     .await;
     let retry_min = rt.config.queue.retry_min;
     let settled = tokio::task::spawn_blocking(move || {
-        settle(&shared, &rt, &work.stored, work.state, &results, started)
+        settle(
+            &shared,
+            &rt,
+            &work.stored,
+            work.state,
+            &delivery.results,
+            delivery.busy,
+            started,
+        )
     })
     .await;
     // A panic while settling: try again later (the spool still holds the message).
@@ -631,6 +682,7 @@ fn settle(
     stored: &StoredMessage,
     mut state: DeliveryState,
     relayed: &[RelayResult],
+    busy: bool,
     started: i64,
 ) -> Outcome {
     let now = clock::unix_secs();
@@ -644,22 +696,18 @@ fn settle(
         };
         let dsn = r.outcome.dsn();
         let reply = r.outcome.reply.to_log_string();
+        // The reply's text without its codes (Sendmail's `stat=Sent (Ok: queued as …)`).
+        let bare = reply_text(&r.outcome.reply);
         let text = if r.outcome.remote {
             reply.clone()
         } else {
-            // Our own account (`Connection refused by …`): without the codes we put on it.
-            r.outcome
-                .reply
-                .lines
-                .join(" ")
-                .split_once(' ')
-                .map_or(reply.clone(), |(_, t)| t.to_owned())
+            bare.clone()
         };
         let stat = match r.outcome.status {
             RcptStatus::Delivered => {
                 state.done[r.index] = true;
                 state.rcpt_errors[r.index] = None;
-                RelayStat::Sent(&reply)
+                RelayStat::Sent(&bare)
             }
             RcptStatus::PermFail => {
                 failed.push(bounce::Failed {
@@ -668,7 +716,7 @@ fn settle(
                     remote_mta: r.relay.clone().filter(|_| r.outcome.remote),
                     diagnostic: text.clone(),
                 });
-                RelayStat::Bounced(&text)
+                RelayStat::Bounced(bounce_stat(&dsn))
             }
             RcptStatus::TempFail => {
                 state.rcpt_errors[r.index] = Some(text.clone());
@@ -741,9 +789,20 @@ fn settle(
         };
     }
     let q = &rt.config.queue;
-    state.attempts += 1;
-    let jitter = RandomState::new().hash_one((id.as_str(), state.attempts, now));
-    let at = now + retry_delay(state.attempts, q.retry_min, q.retry_max, jitter).as_secs() as i64;
+    let at = if busy && relayed.is_empty() {
+        // Nothing was tried: every next hop was busy. Soon again, not counted.
+        now + BUSY_RETRY.as_secs() as i64
+    } else {
+        state.attempts += 1;
+        let jitter = RandomState::new().hash_one((id.as_str(), state.attempts, now));
+        let delay = retry_delay(state.attempts, q.retry_min, q.retry_max, jitter);
+        let at = now + delay.as_secs() as i64;
+        if busy {
+            at.min(now + BUSY_RETRY.as_secs() as i64)
+        } else {
+            at
+        }
+    };
     state.next_attempt_at = at;
     if let Err(e) = shared.spool.write_state(id, &state) {
         shared.telemetry.emit(Event::SpoolReadFailed {
@@ -752,6 +811,32 @@ fn settle(
         });
     }
     Outcome::Retry(at)
+}
+
+/// A reply's text without its code and enhanced status code.
+fn reply_text(reply: &portcullis_smtp::Reply) -> String {
+    let text = reply.lines.join(" ");
+    match text.split_once(' ') {
+        Some((first, rest))
+            if first.split('.').count() == 3 && first.starts_with(['2', '4', '5']) =>
+        {
+            rest.to_owned()
+        }
+        _ => text,
+    }
+}
+
+/// Sendmail's short `stat=` for a recipient that bounced, from its status code (the reply
+/// itself is in the DSN line that follows).
+fn bounce_stat(dsn: &str) -> &'static str {
+    match dsn {
+        "5.1.0" | "5.1.1" | "5.1.3" | "5.1.6" | "5.2.1" => "User unknown",
+        "5.1.2" => "Host unknown",
+        "5.3.5" => "Local configuration error",
+        "5.4.6" => "Too many hops",
+        "5.2.3" | "5.3.4" => "Message is too large",
+        _ => "Service unavailable",
+    }
 }
 
 /// The wait before attempt `attempts + 1`: [`backoff`] spread by up to ±10 % with `jitter`

@@ -64,12 +64,41 @@ impl Unreachable {
     }
 }
 
+/// Who we are, so a next hop that is this server is never used (a mail loop).
+#[derive(Clone, Debug, Default)]
+pub struct Us {
+    /// Our host name (an MX record naming it points at us).
+    pub hostname: String,
+    /// Where we listen; an unspecified address (`0.0.0.0`, `[::]`) covers loopback.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Us {
+    fn is(&self, host: Option<&str>, addr: SocketAddr) -> bool {
+        host.is_some_and(|h| h.eq_ignore_ascii_case(&self.hostname))
+            || self.listen.iter().any(|l| {
+                l.port() == addr.port()
+                    && (l.ip() == addr.ip() || (l.ip().is_unspecified() && addr.ip().is_loopback()))
+            })
+    }
+}
+
+/// Sendmail's answer when every way on leads back here.
+fn loops_back(hop: &NextHop) -> Unreachable {
+    Unreachable {
+        permanent: true,
+        status: "5.3.5",
+        text: format!("{hop}: config error: mail loops back to me (MX problem?)"),
+    }
+}
+
 /// Resolves `hop`: an address literal as it is, a bracketed name to its addresses (no MX
 /// lookup, as Sendmail's `[host]`), a bare domain to its MX hosts by preference (each host's
 /// addresses in turn; the domain itself when it has no MX).
 pub async fn candidates(
     hop: &NextHop,
     mx: &dyn MxLookup,
+    us: &Us,
     limit: Duration,
 ) -> Result<Candidates, Unreachable> {
     let (host, port) = match hop {
@@ -78,13 +107,22 @@ pub async fn candidates(
     };
     let mut found = Vec::new();
     match host {
-        Host::Address(a) => found.push((format!("[{a}]"), SocketAddr::new(*a, port))),
+        Host::Address(a) => {
+            let addr = SocketAddr::new(*a, port);
+            if us.is(None, addr) {
+                return Err(loops_back(hop));
+            }
+            found.push((format!("[{a}]"), addr));
+        }
         Host::Name(n) => {
             let addrs = tokio::time::timeout(limit, tokio::net::lookup_host((n.as_str(), port)))
                 .await
                 .map_err(|_| Unreachable::temporary(format!("looking up {n} timed out")))?
                 .map_err(|e| Unreachable::temporary(format!("cannot resolve {n}: {e}")))?;
             for addr in addrs.take(MAX_CANDIDATES) {
+                if us.is(Some(n), addr) {
+                    return Err(loops_back(hop));
+                }
                 found.push((format!("{n} [{}]", addr.ip()), addr));
             }
         }
@@ -93,13 +131,31 @@ pub async fn candidates(
                 .lookup(domain)
                 .await
                 .map_err(|e| mx_unreachable(domain, &e))?;
+            // RFC 5321 §5.1: when we are one of the MX hosts, only those more preferred
+            // than us are tried; when we are the best, there is nowhere to go.
+            let ours = targets
+                .iter()
+                .filter(|t| {
+                    t.host.eq_ignore_ascii_case(&us.hostname)
+                        || t.addrs
+                            .iter()
+                            .any(|ip| us.is(None, SocketAddr::new(*ip, port)))
+                })
+                .map(|t| t.preference)
+                .min();
             'outer: for target in targets {
+                if ours.is_some_and(|p| target.preference >= p) {
+                    continue;
+                }
                 for ip in target.addrs {
                     if found.len() == MAX_CANDIDATES {
                         break 'outer;
                     }
                     found.push((format!("{} [{ip}]", target.host), SocketAddr::new(ip, port)));
                 }
+            }
+            if found.is_empty() && ours.is_some() {
+                return Err(loops_back(hop));
             }
         }
     }
@@ -156,7 +212,10 @@ async fn connect_one(
 /// Connects to the first of `hop`'s addresses that answers (a bracketed name or a literal;
 /// MX lookups go through [`candidates`]). Returns the stream and the peer as logs name it.
 pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, String), String> {
-    match candidates(hop, &NoMx, limit).await.map_err(|u| u.text)? {
+    match candidates(hop, &NoMx, &Us::default(), limit)
+        .await
+        .map_err(|u| u.text)?
+    {
         Candidates::Unix(path) => {
             let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(&path))
                 .await
@@ -194,6 +253,7 @@ pub struct GroupResult {
 pub async fn deliver_group(
     hop: &NextHop,
     mx: &dyn MxLookup,
+    us: &Us,
     cfg: Arc<ClientConfig>,
     envelope: Envelope,
     message: &[u8],
@@ -214,7 +274,7 @@ pub async fn deliver_group(
                 .collect(),
             relay,
         };
-    let list = match candidates(hop, mx, timeouts.connect).await {
+    let list = match candidates(hop, mx, us, timeouts.connect).await {
         Ok(Candidates::Tcp(list)) => list,
         Ok(Candidates::Unix(path)) => {
             let shown = format!("unix:{}", path.display());

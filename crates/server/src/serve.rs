@@ -185,6 +185,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     );
     let listen = config.server.listen.clone();
     let origin = config.origin.clone();
+    // The operator's `portcullis queue` commands come in here (owner-only socket). Bound
+    // before recovery: a second server on the same spool is refused before it touches it
+    // (its recovery would quarantine the running one's files in flight).
+    let spool_dir = config.server.spool_dir.clone();
+    Spool::open(&spool_dir)
+        .with_context(|| format!("cannot open spool_dir {}", spool_dir.display()))?;
+    let control_path = control::socket_path(&spool_dir);
+    let control_listener = {
+        let path = control_path.clone();
+        tokio::task::spawn_blocking(move || control::bind(&path))
+            .await
+            .context("cannot bind the control socket")?
+            .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?
+    };
     let Built {
         shared,
         queue_rx,
@@ -194,16 +208,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .iter()
         .map(|a| bind(*a))
         .collect::<Result<Vec<_>>>()?;
-    // The operator's `portcullis queue` commands come in here (owner-only socket). Another
-    // server on the same spool is refused: two runners would deliver everything twice.
-    let control_path = control::socket_path(shared.spool.dir());
-    let control_listener = {
-        let path = control_path.clone();
-        tokio::task::spawn_blocking(move || control::bind(&path))
-            .await
-            .context("cannot bind the control socket")?
-            .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?
-    };
     let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
     shared.telemetry.emit(Event::ServerStarted {
         version: env!("CARGO_PKG_VERSION"),

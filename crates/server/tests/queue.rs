@@ -181,12 +181,12 @@ async fn past_its_lifetime_a_message_bounces_and_a_failing_bounce_ends_with_the_
     assert_eq!(dsn_lines.len(), 2, "{lines:#?}");
     assert!(dsn_lines[0].contains(&format!("{id}: ")), "{lines:#?}");
     assert!(dsn_lines[0].contains("DSN: Cannot send message for 2 seconds"));
-    assert!(dsn_lines[1].contains("DSN: Host unknown (Name server: example.org"));
+    assert!(dsn_lines[1].contains("DSN: Host unknown (Name server: example.org: host not found)"));
     assert!(
-        lines.iter().any(|l| l.contains(
-            "to=<bob@example.org>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, dsn=5.1.2, \
-             stat=Host unknown (Name server: example.org: host not found)"
-        )),
+        lines
+            .iter()
+            .any(|l| l.contains("to=<bob@example.org>, delay=")
+                && l.contains("mailer=esmtp, dsn=5.1.2, stat=Host unknown")),
         "the bounce went to the envelope sender: {lines:#?}"
     );
     assert!(

@@ -47,6 +47,17 @@ fn send(server: &Server, recipients: &[&str], body: &str) {
     assert_eq!(c.cmd("QUIT").0, 221);
 }
 
+/// Waits for one log line holding both `to` and `rest` (the delays between them are whole
+/// seconds of wall time, so they are not compared).
+fn wait_line(server: &Server, to: &str, rest: &str, limit: Duration) -> bool {
+    wait_until(limit, || {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains(&format!("{to}, delay=")) && l.contains(rest))
+    })
+}
+
 fn wait_stored(dir: &Path, n: usize) -> Vec<String> {
     wait_until(WAIT, || stored(dir).len() >= n);
     stored(dir)
@@ -83,9 +94,11 @@ fn relayed_mail_reaches_the_next_hop_and_the_log_says_sent() {
     assert_eq!(server.wait_maildir("localhost", "carol", 1, WAIT).len(), 1);
     assert!(server.wait_queue_empty(WAIT), "{}", server.log());
     assert!(
-        server.wait_log(
-            "to=<a@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
-             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 Ok: queued as 2)",
+        wait_line(
+            &server,
+            "to=<a@example.net>",
+            "mailer=esmtp, \
+             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (Ok: queued as 2)",
             WAIT
         ),
         "{}",
@@ -100,8 +113,10 @@ fn a_451_is_retried_and_then_delivered() {
     let server = Server::start(&relay_config("smtp", peer.port));
     send(&server, &["once@example.net"], "greylisted\r\n");
     assert!(
-        server.wait_log(
-            "to=<once@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+        wait_line(
+            &server,
+            "to=<once@example.net>",
+            "mailer=esmtp, \
              relay=[127.0.0.1], dsn=4.3.0, stat=Deferred: 451 4.3.0 <once@example.net>: \
              greylisted, try again later",
             WAIT
@@ -113,7 +128,7 @@ fn a_451_is_retried_and_then_delivered() {
     assert!(got[0].contains("TO once@example.net\n"), "{got:?}");
     assert!(server.wait_queue_empty(WAIT), "{}", server.log());
     assert!(server.log().contains("to=<once@example.net>"));
-    assert_eq!(server.log().matches("stat=Sent (250").count(), 1);
+    assert_eq!(server.log().matches("stat=Sent (").count(), 1);
 }
 
 #[test]
@@ -156,7 +171,8 @@ fn a_550_bounces_to_the_senders_domain() {
     assert!(server.wait_queue_empty(WAIT), "{}", server.log());
     let log = server.log();
     assert!(
-        log.contains("to=<nosuch@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, relay=[127.0.0.1], dsn=5.1.1, stat=550 5.1.1"),
+        log.lines().any(|l| l.contains("to=<nosuch@example.net>")
+            && l.contains("mailer=esmtp, relay=[127.0.0.1], dsn=5.1.1, stat=User unknown")),
         "{log}"
     );
     assert!(
@@ -175,8 +191,10 @@ fn a_next_hop_that_is_down_is_retried_until_it_is_up() {
     let server = Server::start(&relay_config("smtp", port));
     send(&server, &["waiting@example.net"], "patience\r\n");
     assert!(
-        server.wait_log(
-            "to=<waiting@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
+        wait_line(
+            &server,
+            "to=<waiting@example.net>",
+            "mailer=esmtp, \
              relay=[127.0.0.1], dsn=4.4.1, stat=Deferred: Connection refused by [127.0.0.1]",
             WAIT
         ),
@@ -208,17 +226,21 @@ fn lmtp_next_hop_gives_each_recipient_its_own_reply() {
         "{got:?}"
     );
     assert!(
-        server.wait_log(
-            "to=<one@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=lmtp, \
-             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 <one@example.net> delivered)",
+        wait_line(
+            &server,
+            "to=<one@example.net>",
+            "mailer=lmtp, \
+             relay=[127.0.0.1], dsn=2.0.0, stat=Sent (<one@example.net> delivered)",
             WAIT
         ),
         "{}",
         server.log()
     );
     assert!(
-        server.wait_log(
-            "to=<full@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=lmtp, \
+        wait_line(
+            &server,
+            "to=<full@example.net>",
+            "mailer=lmtp, \
              relay=[127.0.0.1], dsn=4.2.2, stat=Deferred: 452 4.2.2 <full@example.net> Mailbox full",
             WAIT
         ),
@@ -329,9 +351,11 @@ fn a_bare_domain_next_hop_is_found_through_its_mx_records() {
     assert_eq!(got.len(), 1, "{}", server.log());
     assert!(got[0].contains("TO mx@example.net\n"), "{got:?}");
     assert!(
-        server.wait_log(
-            "to=<mx@example.net>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, \
-             relay=mx2.example.net [127.0.0.1], dsn=2.0.0, stat=Sent (250 2.0.0 Ok: queued as 1)",
+        wait_line(
+            &server,
+            "to=<mx@example.net>",
+            "mailer=esmtp, \
+             relay=mx2.example.net [127.0.0.1], dsn=2.0.0, stat=Sent (Ok: queued as 1)",
             WAIT
         ),
         "{}",
@@ -405,4 +429,143 @@ fn the_queue_commands_reach_the_running_server() {
     let (code, _, err) = queue_cmd(&server, &["delete", &id]);
     assert_eq!(code, 1);
     assert!(err.contains("no such message"), "{err}");
+}
+
+#[test]
+fn an_mx_pointing_back_here_bounces_instead_of_looping() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dns = rt
+        .block_on(portcullis::dns::fake::FakeDns::start())
+        .unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    // We are the best MX of example.net (a backup MX whose primary is gone from DNS): there
+    // is nowhere to send it. The sender's domain is routed to the peer, for the bounce.
+    dns.mx("example.net", 10, "mx.example.test");
+    dns.a("mx.example.test", std::net::Ipv4Addr::LOCALHOST);
+    let server = Server::start(&format!(
+        "[dns]\nservers = [\"{}\"]\n[relay]\ndomains = [\"example.net\"]\n\
+         [[route]]\ndomain = \"example.org\"\nnext_hop = \"smtp:[127.0.0.1]:{}\"\n",
+        dns.addr(),
+        peer.port
+    ));
+    send(&server, &["loop@example.net"], "round and round\r\n");
+    let got = wait_stored(peer_dir.path(), 1);
+    assert_eq!(got.len(), 1, "{}", server.log());
+    assert!(got[0].contains("TO alice@example.org\n"), "{}", got[0]);
+    assert!(got[0].contains("Status: 5.3.5"), "{}", got[0]);
+    assert!(
+        got[0].contains("mail loops back to me (MX problem?)"),
+        "{}",
+        got[0]
+    );
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    // Delivered nowhere, tried once.
+    assert_eq!(server.log().matches("to=<loop@example.net>").count(), 1);
+    drop(dns);
+}
+
+#[test]
+fn a_message_that_went_round_too_often_bounces() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    let server = Server::start(&relay_config("smtp", peer.port));
+    let hops: String = (0..25)
+        .map(|i| format!("Received: from hop{i}.example by hop{}.example; Sat, 21 Nov 2026 10:00:00 +0000\r\n", i + 1))
+        .collect();
+    // Our own Received: makes 26.
+    send(&server, &["looped@example.net"], &format!("x\r\n{hops}"));
+    let mut c = Smtp::connect(server.addr());
+    c.greet_ehlo("client.example.org");
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.org>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<looped@example.net>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send_raw(&dot_stuff(&format!("{hops}Subject: loop\r\n\r\nbody\r\n")));
+    assert_eq!(c.read_reply().0, 250);
+    assert_eq!(c.cmd("QUIT").0, 221);
+    // The first message (its Received: lines in the body) went through; the second bounced.
+    assert!(
+        wait_line(
+            &server,
+            "to=<looped@example.net>",
+            "dsn=5.4.6, stat=Too many hops",
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    let got = wait_stored(peer_dir.path(), 2);
+    assert_eq!(got.len(), 2, "{}", server.log());
+    assert!(
+        got.iter().any(|m| m.contains("Too many hops 26 (25 max)")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_next_hop_that_never_answers_does_not_hold_up_other_mail() {
+    // One connection slot in all, taken by a next hop that accepts and never greets.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start("smtp", peer_dir.path());
+    let server = Server::start(&format!(
+        "[relay]\ndomains = [\"example.net\", \"example.com\"]\n\
+         [queue]\nmax_connections = 1\nretry_min = \"1s\"\nretry_max = \"2s\"\n\
+         [[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:[127.0.0.1]:{silent_port}\"\n\
+         [[route]]\ndomain = \"example.com\"\nnext_hop = \"smtp:[127.0.0.1]:{}\"\n",
+        peer.port
+    ));
+    send(&server, &["stuck@example.net"], "first\r\n");
+    // Give the runner time to open the session that never ends.
+    pause(Duration::from_millis(300));
+    send(&server, &["carol@localhost"], "local\r\n");
+    send(&server, &["fine@example.com"], "other hop\r\n");
+    // Local delivery goes on, and the other hop's mail waits only until the slot is free
+    // (here: not within the test), never forever in memory.
+    assert_eq!(server.wait_maildir("localhost", "carol", 1, WAIT).len(), 1);
+    assert_eq!(
+        server.queue_files().len(),
+        3,
+        "stuck + fine, with one state file"
+    );
+    drop(silent);
+}
+
+#[test]
+fn a_second_server_on_the_same_spool_is_refused_before_it_touches_it() {
+    let server = Server::start("");
+    // A file in flight in tmp/ (as the running server's committer would have).
+    let in_flight = server
+        .spool_dir()
+        .join("tmp")
+        .join("6ALBkA0000234567.state.7");
+    std::fs::write(&in_flight, "in flight").unwrap();
+    let other_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(server.config_path())
+        .unwrap()
+        .replace(&server.port().to_string(), &other_port.to_string());
+    let second = server.dir().join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "-c"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another server"), "{err}");
+    assert!(
+        in_flight.exists(),
+        "the second server's recovery ran: {err}"
+    );
+    assert!(server.quarantine_files().is_empty());
 }

@@ -58,6 +58,15 @@ fn wait_line(server: &Server, to: &str, rest: &str, limit: Duration) -> bool {
     })
 }
 
+/// A fresh aiosmtpd next hop speaking `proto` and a server relaying example.net (and
+/// example.org) to it: (the peer's directory, the peer, the server).
+fn relayed(proto: &str) -> (tempfile::TempDir, Peer, Server) {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(proto, peer_dir.path());
+    let server = Server::start(&relay_config(proto, peer.port));
+    (peer_dir, peer, server)
+}
+
 fn wait_stored(dir: &Path, n: usize) -> Vec<String> {
     wait_until(WAIT, || stored(dir).len() >= n);
     stored(dir)
@@ -65,9 +74,7 @@ fn wait_stored(dir: &Path, n: usize) -> Vec<String> {
 
 #[test]
 fn relayed_mail_reaches_the_next_hop_and_the_log_says_sent() {
-    let peer_dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("smtp", peer_dir.path());
-    let server = Server::start(&relay_config("smtp", peer.port));
+    let (peer_dir, _peer, server) = relayed("smtp");
     send(
         &server,
         &["a@example.net", "b@example.net", "carol@localhost"],
@@ -108,9 +115,7 @@ fn relayed_mail_reaches_the_next_hop_and_the_log_says_sent() {
 
 #[test]
 fn a_451_is_retried_and_then_delivered() {
-    let peer_dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("smtp", peer_dir.path());
-    let server = Server::start(&relay_config("smtp", peer.port));
+    let (peer_dir, _peer, server) = relayed("smtp");
     send(&server, &["once@example.net"], "greylisted\r\n");
     assert!(
         wait_line(
@@ -133,9 +138,7 @@ fn a_451_is_retried_and_then_delivered() {
 
 #[test]
 fn a_550_bounces_to_the_senders_domain() {
-    let peer_dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("smtp", peer_dir.path());
-    let server = Server::start(&relay_config("smtp", peer.port));
+    let (peer_dir, _peer, server) = relayed("smtp");
     send(
         &server,
         &["nosuch@example.net", "ok@example.net"],
@@ -212,9 +215,7 @@ fn a_next_hop_that_is_down_is_retried_until_it_is_up() {
 
 #[test]
 fn lmtp_next_hop_gives_each_recipient_its_own_reply() {
-    let peer_dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("lmtp", peer_dir.path());
-    let server = Server::start(&relay_config("lmtp", peer.port));
+    let (peer_dir, _peer, server) = relayed("lmtp");
     send(
         &server,
         &["one@example.net", "full@example.net"],
@@ -471,9 +472,7 @@ fn an_mx_pointing_back_here_bounces_instead_of_looping() {
 
 #[test]
 fn a_message_that_went_round_too_often_bounces() {
-    let peer_dir = tempfile::tempdir().unwrap();
-    let peer = Peer::start("smtp", peer_dir.path());
-    let server = Server::start(&relay_config("smtp", peer.port));
+    let (peer_dir, _peer, server) = relayed("smtp");
     let hops: String = (0..25)
         .map(|i| format!("Received: from hop{i}.example by hop{}.example; Sat, 21 Nov 2026 10:00:00 +0000\r\n", i + 1))
         .collect();

@@ -200,7 +200,12 @@ async fn connect_one(
     limit: Duration,
 ) -> Result<Box<dyn Io>, String> {
     match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Ok(stream)) => {
+            // Commands and the message's last bytes go out at once: with Nagle's algorithm
+            // the final dot waits for the peer's delayed ACK (about 40 ms per message).
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream))
+        }
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             Err(format!("Connection refused by {shown}"))
         }
@@ -538,6 +543,11 @@ impl Body {
                 let chunk = &rest[..rest.len().min(CHUNK)];
                 dot_stuff(chunk, &mut self.at_line_start, out);
                 self.offset += chunk.len();
+                if self.offset == message.len() {
+                    // The terminator rides with the last chunk: one write, one segment.
+                    end_of_data(self.at_line_start, out);
+                    self.finished = true;
+                }
             }
             _ => {
                 end_of_data(self.at_line_start, out);

@@ -573,7 +573,7 @@ pub(crate) fn status_kb(status: &str, field: &str) -> Option<u64> {
     crate::access::status_field(status, field)
 }
 
-fn read_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn read_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status_kb(&text, field).with_context(|| format!("no {field} in {path}"))
@@ -590,7 +590,7 @@ pub(crate) fn parse_stat_ticks(stat: &str) -> Option<u64> {
 }
 
 /// CPU time used so far by `pid` (`None`: this process).
-fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
     let path = pid.map_or_else(
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),
@@ -615,7 +615,7 @@ pub(crate) fn parse_cpu_steal(stat: &str) -> Option<(u64, u64)> {
 }
 
 /// The machine's (steal, total) CPU ticks so far; zeros when unreadable.
-fn machine_ticks() -> (u64, u64) {
+pub(crate) fn machine_ticks() -> (u64, u64) {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|t| parse_cpu_steal(&t))
@@ -623,7 +623,7 @@ fn machine_ticks() -> (u64, u64) {
 }
 
 /// Reads the server's VmRSS every 100 ms until told to stop; returns (peak kB, samples).
-async fn sample_rss(pid: u32, mut stop: oneshot::Receiver<()>) -> (u64, u64) {
+pub(crate) async fn sample_rss(pid: u32, mut stop: oneshot::Receiver<()>) -> (u64, u64) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut peak, mut samples) = (0, 0);

@@ -1,10 +1,12 @@
 //! portcullis-bench: load generator for measuring a Portcullis (or any SMTP)
 //! server on this machine — `throughput` (messages/s, latency), `held`
-//! (server memory per idle connection) and `flood` (an exempt client's latency under a
-//! connection flood).
+//! (server memory per idle connection), `flood` (an exempt client's latency under a
+//! connection flood) and `relay` (relay throughput end to end, through a `portcullis serve`
+//! it starts itself, to a sink in this process).
 //!
 //! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
-//! time or count bound, or touch the server other than over SMTP and /proc reads.
+//! time or count bound, or touch a server it did not start other than over SMTP and /proc
+//! reads (`relay` starts its own in a fresh directory, and stops it).
 
 mod access;
 mod clock;
@@ -13,6 +15,8 @@ mod fake;
 mod flood;
 mod held;
 mod message;
+mod relay;
+mod sink;
 mod smtp;
 mod throughput;
 
@@ -60,6 +64,15 @@ enum Scenario {
     ///
     /// Runs in this process only (no server, no network); single-threaded.
     AccessLoad(access::AccessLoadConfig),
+    /// Relay end to end: client -> a spawned `portcullis serve` -> its queue runner -> a sink
+    ///
+    /// Starts an SMTP (or `--lmtp`) sink in this process and the release `portcullis`
+    /// binary in a fresh directory, with `[relay] domains = ["example.net"]` and a
+    /// `[[route]]` to the sink; sends --messages messages and waits until the sink has them
+    /// all. Reports the end-to-end and accept-side rates, the delay from each message's
+    /// 250 to its arrival at the sink, and the server's CPU and memory. The client and the
+    /// sink run on 2 tokio worker threads, sharing the machine with the server.
+    Relay(relay::RelayConfig),
 }
 
 /// clap parser for `--target`: an IP:port on loopback (no host names, no DNS).
@@ -107,6 +120,10 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Flood(cfg) => {
                 let result = flood::run_flood(cfg.clone()).await?;
+                println!("{}", result.report(&cfg));
+            }
+            Scenario::Relay(cfg) => {
+                let result = relay::run_relay(cfg.clone()).await?;
                 println!("{}", result.report(&cfg));
             }
             Scenario::AccessLoad(cfg) => {

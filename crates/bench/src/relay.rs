@@ -393,6 +393,10 @@ pub(crate) struct RelayResult {
     pub(crate) spool_drain: Option<Duration>,
     pub(crate) spool_left: usize,
     pub(crate) server_cpu: Duration,
+    /// The server's CPU until the last client session ended, and the arrivals by then: the
+    /// rest of the CPU went to relaying alone.
+    pub(crate) sending_cpu: Duration,
+    pub(crate) arrived_while_sending: u64,
     pub(crate) our_cpu: Duration,
     pub(crate) rss_before_kb: u64,
     pub(crate) rss_peak_kb: u64,
@@ -448,17 +452,20 @@ struct Load {
 }
 
 /// Runs the scenario: sink, server, load, waits, figures. Ctrl-C stops the server too.
+/// On failure the run's directory is kept and named in the error.
 pub(crate) async fn run_relay(cfg: RelayConfig) -> anyhow::Result<RelayResult> {
     cfg.validate()?;
-    tokio::select! {
-        r = run(cfg) => r,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted (the server was stopped)"),
-    }
-}
-
-async fn run(cfg: RelayConfig) -> anyhow::Result<RelayResult> {
     let bin = server_binary(&cfg)?;
     let work = WorkDir::create(cfg.dir.as_deref())?;
+    let kept = work.path.clone();
+    let result = tokio::select! {
+        r = run(cfg, bin, work) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (the server was stopped)")),
+    };
+    result.with_context(|| format!("run directory kept: {}", kept.display()))
+}
+
+async fn run(cfg: RelayConfig, bin: PathBuf, work: WorkDir) -> anyhow::Result<RelayResult> {
     let hard = clock::now() + Duration::from_secs_f64(cfg.timeout);
     let tracker = Arc::new(Tracker::new(cfg.messages, clock::now())?);
     let (sink_addr, sink_task) = sink::start(cfg.lmtp, Arc::clone(&tracker)).await?;
@@ -513,6 +520,8 @@ async fn run(cfg: RelayConfig) -> anyhow::Result<RelayResult> {
             }
         }
     }
+    let sending_cpu = cpu_time(Some(pid))?.saturating_sub(server_cpu0);
+    let arrived_while_sending = tracker.arrived.load(Ordering::Acquire);
 
     // Until every accepted message is at the sink (or the deadline).
     for _ in 0..MAX_POLLS {
@@ -571,6 +580,8 @@ async fn run(cfg: RelayConfig) -> anyhow::Result<RelayResult> {
     result.unnumbered = tracker.unnumbered.load(Ordering::Relaxed);
     result.bad_commands = tracker.bad_commands.load(Ordering::Relaxed);
     result.server_cpu = server_cpu;
+    result.sending_cpu = sending_cpu;
+    result.arrived_while_sending = arrived_while_sending;
     result.our_cpu = our_cpu;
     result.rss_before_kb = rss_before_kb;
     result.rss_peak_kb = rss_peak_kb;
@@ -642,6 +653,8 @@ fn figures(tracker: &Tracker, start: Instant, total: Stats) -> anyhow::Result<Re
         spool_drain: None,
         spool_left: 0,
         server_cpu: Duration::ZERO,
+        sending_cpu: Duration::ZERO,
+        arrived_while_sending: 0,
         our_cpu: Duration::ZERO,
         rss_before_kb: 0,
         rss_peak_kb: 0,
@@ -889,14 +902,24 @@ impl RelayResult {
                 );
             }
         }
+        let relay_cpu = self.server_cpu.saturating_sub(self.sending_cpu);
+        let relayed_after = self.arrived.saturating_sub(self.arrived_while_sending);
         let _ = write!(
             out,
             "  server CPU:      {:.2} s, {:.0} µs per message (first send -> spool empty)\n\
+             \x20   of which {:.2} s while the client sent ({} accepted, {} relayed), then {:.2} s\n\
+             \x20   relaying alone ({} messages: {:.0} µs each)\n\
              \x20 this process:    {:.2} s CPU (client and sink)\n\
              \x20 server memory:   VmRSS {} kB before, peak sampled {} kB, VmHWM {} kB\n\
              \x20 CPU steal:       {:.1} % of the machine's time\n",
             self.server_cpu.as_secs_f64(),
             self.cpu_per_message_us(),
+            self.sending_cpu.as_secs_f64(),
+            self.accepted,
+            self.arrived_while_sending,
+            relay_cpu.as_secs_f64(),
+            relayed_after,
+            relay_cpu.as_secs_f64() * 1e6 / relayed_after.max(1) as f64,
             self.our_cpu.as_secs_f64(),
             self.rss_before_kb,
             self.rss_peak_kb,

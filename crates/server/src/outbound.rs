@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use portcullis_config::next_hop::{Host, NextHop, Protocol};
 use portcullis_smtp::address::parse_path;
@@ -120,6 +121,9 @@ pub struct RelayResult {
     pub mailer: &'static str,
 }
 
+/// How long a group waits for a connection slot before its message goes back to the queue.
+pub const SLOT_WAIT: Duration = Duration::from_secs(2);
+
 /// `Received:` header fields a message may carry before it is refused as looping
 /// (Sendmail's `MaxHopCount`, 25 by default: `554 5.4.6 Too many hops`).
 pub const MAX_HOPS_COUNT: usize = 25;
@@ -136,8 +140,8 @@ pub struct Delivery {
 
 /// Delivers the recipients `remote` (index, next hop) of `stored`, one session per next hop,
 /// the sessions in parallel. A group whose hop has no free slot (`connections_per_hop`, or
-/// `max_connections` for all) is not tried now rather than waited for: a job never holds a
-/// message in memory while it queues behind a slow next hop.
+/// `max_connections` for all) within [`SLOT_WAIT`] is not tried now: a job never holds a
+/// message in memory for long while it queues behind a slow next hop.
 pub async fn deliver(
     shared: Arc<Shared>,
     rt: Arc<Runtime>,
@@ -184,21 +188,24 @@ pub async fn deliver(
         hostname: rt.config.server.hostname.clone(),
         listen: rt.config.server.listen.clone(),
     });
-    let mut busy = false;
     let mut tasks = JoinSet::new();
     for (hop, members) in groups {
-        // The hop's slot first, then the global one: a saturated hop takes no global slot.
-        let Ok(hop_slot) = limits.hop(&hop.to_string()).try_acquire_owned() else {
-            busy = true;
-            continue;
-        };
-        let Ok(total_slot) = limits.total.clone().try_acquire_owned() else {
-            busy = true;
-            continue;
-        };
         let (shared, rt, stored, us) = (shared.clone(), rt.clone(), stored.clone(), us.clone());
+        let hop_sem = limits.hop(&hop.to_string());
+        let total_sem = limits.total.clone();
         tasks.spawn(async move {
-            let _slots = (hop_slot, total_slot);
+            // The hop's slot first, then the global one (a saturated hop holds no global
+            // slot), each waited for a short while only: a slow or dead next hop gives the
+            // message back instead of holding it in memory behind its sessions.
+            let slots = tokio::time::timeout(SLOT_WAIT, async {
+                let hop_slot = hop_sem.acquire_owned().await.ok()?;
+                let total_slot = total_sem.acquire_owned().await.ok()?;
+                Some((hop_slot, total_slot))
+            })
+            .await;
+            let Ok(Some(_slots)) = slots else {
+                return (Vec::new(), true);
+            };
             let lmtp = mailer(&hop) == "lmtp";
             let cfg = Arc::new(ClientConfig {
                 helo_name: rt.config.server.hostname.clone(),
@@ -226,7 +233,7 @@ pub async fn deliver(
             )
             .await;
             let mailer = mailer(&hop);
-            members
+            let results = members
                 .into_iter()
                 .zip(result.outcomes)
                 .map(|(index, outcome)| RelayResult {
@@ -235,12 +242,16 @@ pub async fn deliver(
                     relay: result.relay.clone(),
                     mailer,
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (results, false)
         });
     }
+    let mut busy = false;
     let mut results = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        results.extend(done.unwrap_or_default());
+        let (group, skipped) = done.unwrap_or_default();
+        results.extend(group);
+        busy |= skipped;
     }
     Delivery { results, busy }
 }

@@ -51,7 +51,7 @@ const WORKERS: usize = 4;
 /// How often held delivery looks at the load again.
 const LOAD_RECHECK: Duration = Duration::from_secs(1);
 /// When a message whose next hops were all busy is looked at again.
-const BUSY_RETRY: Duration = Duration::from_secs(5);
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// How often the spool directory is rescanned anyway.
 const RESCAN_EVERY: Duration = Duration::from_secs(300);
 
@@ -275,12 +275,10 @@ pub async fn run(
     let mut relays: JoinSet<(QueueId, Outcome)> = JoinSet::new();
     // The messages each task holds, so a task that panics does not leave them "busy".
     let mut in_tasks: HashMap<tokio::task::Id, Vec<QueueId>> = HashMap::new();
-    let limits = {
+    let (max_relays, limits) = {
         let q = &shared.runtime.load().config.queue;
-        Arc::new(outbound::Limits::new(
-            q.max_connections,
-            q.connections_per_hop,
-        ))
+        let limits = outbound::Limits::new(q.max_connections, q.connections_per_hop);
+        (2 * q.max_connections as usize, Arc::new(limits))
     };
     let mut last_scan = clock::now();
     let mut held = false;
@@ -301,10 +299,14 @@ pub async fn run(
             }
             _ => {}
         }
-        // Relay jobs need no gate here: a job never waits for a connection slot (it gives
-        // its message back when its hops are busy), so at most `max_connections` of them
-        // hold a message for long, and local delivery never queues behind them.
-        while !held && workers.len() < WORKERS && !sched.ready.is_empty() {
+        // Each relay job holds its message in memory: at most twice `max_connections` jobs
+        // (the rest of the slots' worth wait at most SLOT_WAIT for one, then give their
+        // message back), so this gate never stays shut behind a slow next hop for long.
+        while !held
+            && workers.len() < WORKERS
+            && relays.len() < max_relays
+            && !sched.ready.is_empty()
+        {
             let n = sched.ready.len().min(BATCH);
             let batch: Vec<QueueId> = sched.ready.drain(..n).collect();
             sched.busy.extend(batch.iter().cloned());

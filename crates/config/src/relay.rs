@@ -17,7 +17,8 @@ use crate::names::normalize_domain;
 use crate::next_hop::NextHop;
 use crate::raw::{RawRelay, RawRoute, TextList};
 
-/// `[relay]`: relaying rights.
+/// `[relay]`: relaying rights. Which recipients the domains let through is the policy
+/// crate's decision (`LocalRecipients::with_relay_domains`), made in one place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Domains accepted from any client and routed onward; `.example.net` is every
@@ -36,15 +37,6 @@ impl RelayConfig {
             v4 => v4,
         };
         self.networks.iter().any(|n| n.contains(&addr))
-    }
-
-    /// True when `domain` (any case, trailing dot allowed) is a relay domain.
-    pub fn is_relay_domain(&self, domain: &str) -> bool {
-        let d = domain
-            .strip_suffix('.')
-            .unwrap_or(domain)
-            .to_ascii_lowercase();
-        self.domains.iter().any(|r| domain_matches(r, &d))
     }
 }
 
@@ -113,17 +105,6 @@ impl Routes {
     /// True when no route is configured.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
-    }
-}
-
-/// `pattern` is `example.net` (that domain) or `.example.net` (its subdomains); `domain` is
-/// lowercase without a trailing dot.
-fn domain_matches(pattern: &str, domain: &str) -> bool {
-    match pattern.strip_prefix('.') {
-        Some(parent) => domain
-            .strip_suffix(parent)
-            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-        None => pattern == domain,
     }
 }
 
@@ -297,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn relay_domains_and_networks_match() {
+    fn relay_networks_match() {
         let relay = RelayConfig {
             domains: vec!["example.net".into(), ".sub.example.org".into()],
             networks: vec![
@@ -305,11 +286,6 @@ mod tests {
                 "2001:db8::/32".parse().unwrap(),
             ],
         };
-        assert!(relay.is_relay_domain("EXAMPLE.net."));
-        assert!(!relay.is_relay_domain("mx.example.net"));
-        assert!(relay.is_relay_domain("a.sub.example.org"));
-        assert!(!relay.is_relay_domain("sub.example.org"));
-        assert!(!relay.is_relay_domain("xsub.example.org"));
         assert!(relay.client_may_relay("192.0.2.77".parse().unwrap()));
         assert!(relay.client_may_relay("::ffff:192.0.2.77".parse().unwrap()));
         assert!(relay.client_may_relay("2001:db8::5".parse().unwrap()));

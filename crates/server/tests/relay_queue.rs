@@ -67,6 +67,19 @@ fn relayed(proto: &str) -> (tempfile::TempDir, Peer, Server) {
     (peer_dir, peer, server)
 }
 
+/// A fake DNS server, on a runtime of its own that lives as long as the test keeps it.
+fn fake_dns() -> (tokio::runtime::Runtime, portcullis::dns::fake::FakeDns) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dns = rt
+        .block_on(portcullis::dns::fake::FakeDns::start())
+        .unwrap();
+    (rt, dns)
+}
+
 fn wait_stored(dir: &Path, n: usize) -> Vec<String> {
     wait_until(WAIT, || stored(dir).len() >= n);
     stored(dir)
@@ -324,15 +337,7 @@ fn sigkill_in_the_middle_of_a_delivery_then_delivered_after_the_restart() {
 
 #[test]
 fn a_bare_domain_next_hop_is_found_through_its_mx_records() {
-    // The fake DNS lives on its own runtime for the whole test.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dns = rt
-        .block_on(portcullis::dns::fake::FakeDns::start())
-        .unwrap();
+    let (_rt, dns) = fake_dns();
     let peer_dir = tempfile::tempdir().unwrap();
     let peer = Peer::start("smtp", peer_dir.path());
     // The preferred MX host refuses connections (nothing listens on 127.0.0.2): the next
@@ -434,14 +439,7 @@ fn the_queue_commands_reach_the_running_server() {
 
 #[test]
 fn an_mx_pointing_back_here_bounces_instead_of_looping() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dns = rt
-        .block_on(portcullis::dns::fake::FakeDns::start())
-        .unwrap();
+    let (_rt, dns) = fake_dns();
     let peer_dir = tempfile::tempdir().unwrap();
     let peer = Peer::start("smtp", peer_dir.path());
     // We are the best MX of example.net (a backup MX whose primary is gone from DNS): there

@@ -159,7 +159,13 @@ impl LocalRecipients {
 
     /// The verdict and reply for RCPT (the session's question).
     pub fn check_rcpt(&self, path: &ReversePath, rights: RelayRights) -> Verdict {
-        match (self.classify(path, rights), path) {
+        self.verdict(&self.classify(path, rights), path)
+    }
+
+    /// The verdict and reply for a recipient already classified (a caller that needs the
+    /// class too, e.g. to log a relay refusal, classifies once).
+    pub fn verdict(&self, class: &RecipientVerdict, path: &ReversePath) -> Verdict {
+        match (class, path) {
             (
                 RecipientVerdict::Local { .. }
                 | RecipientVerdict::Postmaster

@@ -25,7 +25,7 @@ use portcullis_policy::recipients::{RecipientVerdict, RelayRights};
 use portcullis_smtp::pregreet::Pregreet;
 use portcullis_smtp::{
     Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, Event as SessionEvent, Finding,
-    Message, Note, Session, SessionConfig, Verdict, received_header, reply,
+    Message, Note, ReversePath, Session, SessionConfig, Verdict, received_header, reply,
 };
 use portcullis_spool::{Envelope, NewMessage, QueueId, SpoolError, SubmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -380,7 +380,13 @@ impl Driver {
     }
 
     /// The access checks' verdict on MAIL or RCPT, when an entry decides; None: ask policy.
-    fn access_verdict(&mut self, session: &Session, ask: &Ask) -> Option<Verdict> {
+    /// `relay_denied`: the RCPT's recipient is not ours and may not be relayed.
+    fn access_verdict(
+        &mut self,
+        session: &Session,
+        ask: &Ask,
+        relay_denied: bool,
+    ) -> Option<Verdict> {
         let finding = match ask {
             Ask::Mail { sender, .. } => {
                 self.checks.end_transaction();
@@ -388,13 +394,6 @@ impl Driver {
             }
             Ask::Rcpt { recipient, .. } => {
                 // Sendmail's check_rcpt tests relaying before the held delay_checks results.
-                let relay_denied = matches!(
-                    self.rt
-                        .policy
-                        .recipients
-                        .classify(recipient, self.relay_rights(ask)),
-                    RecipientVerdict::RelayDenied
-                );
                 match self.checks.rcpt(&self.rt.access, recipient, relay_denied) {
                     RcptStep::Check => return None,
                     // A transaction being discarded: accepted without the user lookup, as
@@ -420,18 +419,13 @@ impl Driver {
         }
     }
 
-    /// What may be relayed: anything for a client with relaying rights; else, for a RCPT,
+    /// What may be relayed to `recipient`: anything for a client with relaying rights; else
     /// whether its domain has `To:<domain> RELAY`.
-    fn relay_rights(&self, ask: &Ask) -> RelayRights {
-        let recipient_domain = match ask {
-            Ask::Rcpt { recipient, .. } if !self.client_relays => {
-                checks::recipient_domain_relays(&self.rt.access, recipient)
-            }
-            _ => false,
-        };
+    fn relay_rights(&self, recipient: &ReversePath) -> RelayRights {
         RelayRights {
             client: self.client_relays,
-            recipient_domain,
+            recipient_domain: !self.client_relays
+                && checks::recipient_domain_relays(&self.rt.access, recipient),
         }
     }
 
@@ -498,27 +492,37 @@ impl Driver {
     }
 
     fn answer(&mut self, session: &mut Session, ask: &Ask) {
-        let verdict = match self.access_verdict(session, ask) {
+        // A recipient is classified once: the access checks need to know whether it is
+        // relaying, policy's reply and the refusal's log line come from the same class.
+        let class = match ask {
+            Ask::Rcpt { recipient, .. } => Some(
+                self.rt
+                    .policy
+                    .recipients
+                    .classify(recipient, self.relay_rights(recipient)),
+            ),
+            _ => None,
+        };
+        let relay_denied = matches!(class, Some(RecipientVerdict::RelayDenied));
+        let verdict = match self.access_verdict(session, ask, relay_denied) {
             Some(v) => v,
-            None => {
-                let rights = self.relay_rights(ask);
-                let verdict = self.rt.policy.decide(ask, rights);
-                if let (Ask::Rcpt { recipient, .. }, Verdict::Reject(reply)) = (ask, &verdict) {
-                    let relaying = matches!(
-                        self.rt.policy.recipients.classify(recipient, rights),
-                        RecipientVerdict::RelayDenied
-                    );
-                    let qid = self.log_id(session);
-                    self.shared.telemetry.emit(Event::RecipientRefused {
-                        qid: &qid,
-                        relay: &self.relay,
-                        recipient: &recipient.to_string(),
-                        reply: &reply.to_log_string(),
-                        relaying,
-                    });
+            None => match (ask, &class) {
+                (Ask::Rcpt { recipient, .. }, Some(class)) => {
+                    let verdict = self.rt.policy.recipients.verdict(class, recipient);
+                    if let Verdict::Reject(reply) = &verdict {
+                        let qid = self.log_id(session);
+                        self.shared.telemetry.emit(Event::RecipientRefused {
+                            qid: &qid,
+                            relay: &self.relay,
+                            recipient: &recipient.to_string(),
+                            reply: &reply.to_log_string(),
+                            relaying: relay_denied,
+                        });
+                    }
+                    verdict
                 }
-                verdict
-            }
+                _ => self.rt.policy.decide(ask, RelayRights::default()),
+            },
         };
         if matches!(ask, Ask::Mail { .. }) && verdict == Verdict::Accept {
             session.set_queue_id(self.shared.ids.next(clock::unix_secs()).as_str());

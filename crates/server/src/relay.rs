@@ -15,7 +15,7 @@
 //! from the file is for the queue runner's wiring).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,6 +214,15 @@ async fn connect_one(
     }
 }
 
+/// Connects to an LMTP Unix socket within `limit`, errors worded as [`connect_one`]'s.
+async fn connect_unix(path: &Path, shown: &str, limit: Duration) -> Result<Box<dyn Io>, String> {
+    match tokio::time::timeout(limit, tokio::net::UnixStream::connect(path)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => Err(format!("connect to {shown}: {e}")),
+        Err(_) => Err(format!("Connection timed out with {shown}")),
+    }
+}
+
 /// Connects to the first of `hop`'s addresses that answers (a bracketed name or a literal;
 /// MX lookups go through [`candidates`]). Returns the stream and the peer as logs name it.
 pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, String), String> {
@@ -222,11 +231,8 @@ pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, Str
         .map_err(|u| u.text)?
     {
         Candidates::Unix(path) => {
-            let stream = tokio::time::timeout(limit, tokio::net::UnixStream::connect(&path))
-                .await
-                .map_err(|_| format!("connect to unix:{} timed out", path.display()))?
-                .map_err(|e| format!("connect to unix:{}: {e}", path.display()))?;
-            Ok((Box::new(stream), format!("unix:{}", path.display())))
+            let shown = format!("unix:{}", path.display());
+            Ok((connect_unix(&path, &shown, limit).await?, shown))
         }
         Candidates::Tcp(list) => {
             let mut last = String::new();
@@ -283,25 +289,15 @@ pub async fn deliver_group(
         Ok(Candidates::Tcp(list)) => list,
         Ok(Candidates::Unix(path)) => {
             let shown = format!("unix:{}", path.display());
-            let stream =
-                tokio::time::timeout(timeouts.connect, tokio::net::UnixStream::connect(&path))
-                    .await;
-            return match stream {
-                Ok(Ok(stream)) => {
+            return match connect_unix(&path, &shown, timeouts.connect).await {
+                Ok(stream) => {
                     let client = Client::new(cfg, shown.clone(), envelope);
                     GroupResult {
                         outcomes: attempt(stream, client, message, timeouts).await,
                         relay: Some(shown),
                     }
                 }
-                Ok(Err(e)) => {
-                    let text = format!("connect to {shown}: {e}");
-                    all(RcptStatus::TempFail, 451, "4.4.1", &text, Some(shown))
-                }
-                Err(_) => {
-                    let text = format!("Connection timed out with {shown}");
-                    all(RcptStatus::TempFail, 451, "4.4.1", &text, Some(shown))
-                }
+                Err(e) => all(RcptStatus::TempFail, 451, "4.4.1", &e, Some(shown)),
             };
         }
         Err(u) if u.permanent => return all(RcptStatus::PermFail, 550, u.status, &u.text, None),

@@ -569,3 +569,91 @@ fn a_second_server_on_the_same_spool_is_refused_before_it_touches_it() {
     );
     assert!(server.quarantine_files().is_empty());
 }
+
+/// A next hop that answers every command at once but holds the reply after each final dot
+/// for `hold`; counts the messages it took and the most sessions it had open at once.
+fn counting_peer(
+    hold: Duration,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, most, taken) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (most_out, taken_out) = (most.clone(), taken.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (open, most, taken) = (open.clone(), most.clone(), taken.clone());
+            std::thread::spawn(move || {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let mut w = stream.try_clone().unwrap();
+                let mut r = BufReader::new(stream);
+                let _ = w.write_all(b"220 count.example ESMTP\r\n");
+                let (mut line, mut in_data) = (String::new(), false);
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let l = line.trim_end();
+                    if in_data {
+                        if l == "." {
+                            in_data = false;
+                            pause(hold);
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            let _ = w.write_all(b"250 2.0.0 taken\r\n");
+                        }
+                        continue;
+                    }
+                    let verb = l.get(..4).unwrap_or(l).to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250 count.example\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go\r\n"
+                        }
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = w.write_all(reply);
+                    if verb == "QUIT" {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, most_out, taken_out)
+}
+
+#[test]
+fn sessions_to_one_next_hop_stay_within_connections_per_hop() {
+    let (port, most, taken) = counting_peer(Duration::from_millis(300));
+    let server = Server::start(&format!(
+        "[relay]\ndomains = [\"example.net\"]\n[queue]\nconnections_per_hop = 2\n\
+         [[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:[127.0.0.1]:{port}\"\n"
+    ));
+    for i in 0..6 {
+        send(&server, &[&format!("r{i}@example.net")], "counted\r\n");
+    }
+    assert!(
+        wait_until(WAIT, || taken.load(std::sync::atomic::Ordering::SeqCst)
+            == 6),
+        "{}",
+        server.log()
+    );
+    assert!(server.wait_queue_empty(WAIT), "{}", server.log());
+    // Six messages at once, each session held 300 ms: two sessions at a time, never more.
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

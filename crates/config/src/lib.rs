@@ -32,8 +32,8 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use model::{
     AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DelayChecks,
     DnsConfig, GreetPauseConfig, LimitsConfig, LoadConfig, LocalConfig, LogConfig, LogDestination,
-    LogFormat, MaxSessionsAction, Phase, QueueConfig, RateControlConfig, ServerConfig, SmtpConfig,
-    Timeouts,
+    LogFormat, MaxSessionsAction, MetricsConfig, Phase, QueueConfig, RateControlConfig,
+    ServerConfig, SmtpConfig, Timeouts,
 };
 pub use relay::{RelayConfig, Route, RouteDomain, Routes};
 

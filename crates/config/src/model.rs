@@ -44,6 +44,14 @@ pub struct Config {
     pub relay: RelayConfig,
     /// `[[route]]`: the next hop per domain.
     pub routes: Routes,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `/metrics` is served (Prometheus text); None = not served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// What a defence does with a finding (defined beside the session, which applies it).

@@ -55,6 +55,8 @@ pub(crate) struct RawConfig {
     pub(crate) load: RawLoad,
     #[serde(default)]
     pub(crate) relay: RawRelay,
+    #[serde(default)]
+    pub(crate) metrics: RawMetrics,
     /// `[[route]]` tables, in the order written.
     #[serde(default)]
     pub(crate) route: Vec<Spanned<RawRoute>>,
@@ -311,6 +313,12 @@ pub(crate) struct RawQueue {
 pub(crate) struct RawLog {
     pub(crate) format: Option<Spanned<RawLogFormat>>,
     pub(crate) destination: Option<Spanned<RawLogDestination>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [metrics] table")]
+pub(crate) struct RawMetrics {
+    pub(crate) listen: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]

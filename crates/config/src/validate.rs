@@ -20,13 +20,13 @@ use crate::defences::action;
 use crate::diagnostic::Report;
 use crate::model::{
     BareLf, Config, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_SPOOL_DIR, DelayChecks, LogConfig, LogDestination, LogFormat, QueueConfig,
-    ServerConfig, SmtpConfig,
+    DEFAULT_SPOOL_DIR, DelayChecks, LogConfig, LogDestination, LogFormat, MetricsConfig,
+    QueueConfig, ServerConfig, SmtpConfig,
 };
 use crate::names::check_hostname;
 use crate::raw::{
-    RawBareLf, RawConfig, RawDelayChecks, RawLog, RawLogDestination, RawLogFormat, RawQueue,
-    RawServer, RawSmtp, Text, TextList,
+    RawBareLf, RawConfig, RawDelayChecks, RawLog, RawLogDestination, RawLogFormat, RawMetrics,
+    RawQueue, RawServer, RawSmtp, Text, TextList,
 };
 use crate::{admission, defences, load, local, relay, timeouts};
 
@@ -66,7 +66,38 @@ pub(crate) fn config(
         load: load::load(&raw.load, limits.max_sessions, cpus, report),
         relay: relay::relay(&raw.relay, report),
         routes,
+        metrics: metrics(&raw.metrics, report),
     }
+}
+
+/// `[metrics] listen`: one address, like `server.listen`'s. The endpoint has no
+/// authentication, so an address other machines can reach gets a warning.
+fn metrics(raw: &RawMetrics, report: &mut Report<'_>) -> MetricsConfig {
+    let Some(text) = &raw.listen else {
+        return MetricsConfig::default();
+    };
+    let span = Some(text.span());
+    let Ok(addr) = text.get_ref().parse::<SocketAddr>() else {
+        report.error(
+            span,
+            format!(
+                "`metrics.listen`: {:?} is not an IP address with a port \
+                 (e.g. \"127.0.0.1:9525\"; host names are not resolved)",
+                text.get_ref()
+            ),
+        );
+        return MetricsConfig::default();
+    };
+    if !addr.ip().is_loopback() {
+        report.warning(
+            span,
+            format!(
+                "`metrics.listen` {addr} is not a loopback address; /metrics has no \
+                 authentication, so whoever reaches it sees the server's counters"
+            ),
+        );
+    }
+    MetricsConfig { listen: Some(addr) }
 }
 
 fn server(

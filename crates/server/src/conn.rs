@@ -83,7 +83,15 @@ where
         ticket,
     } = paused;
     // Sendmail dates the greeting with the connection time, however long the pause.
-    let waited = clock::now().saturating_duration_since(admitted.pause.started());
+    let started = admitted.pause.started();
+    let pause = admitted.pause.length();
+    let waited = clock::now().saturating_duration_since(started);
+    // When the client first sent something (its session line and metrics say).
+    let mut first_input = match admitted.opening {
+        Opening::Talked { at, .. } => Some(at),
+        Opening::Greet { first: Some(_) } => Some(clock::now()),
+        _ => None,
+    };
     let now = clock::wall();
     let connected_at = now.checked_sub(waited).unwrap_or(now);
     let mut buf = vec![0u8; MIN_READ];
@@ -135,8 +143,10 @@ where
             n = rd.read(&mut buf), if session.wants_input() => match n {
                 Ok(0) | Err(_) => session.handle_eof(clock::now()),
                 Ok(n) => {
+                    let now = clock::now();
+                    first_input.get_or_insert(now);
                     driver.update_delay(&mut session);
-                    session.handle_input(&buf[..n], clock::now());
+                    session.handle_input(&buf[..n], now);
                     resize_read_buffer(&mut buf, n);
                 }
             },
@@ -151,6 +161,15 @@ where
             relay: &driver.relay,
         });
     }
+    let qid = driver.log_id(&session);
+    driver.shared.telemetry.emit(Event::SessionClosed {
+        qid: &qid,
+        relay: &driver.relay,
+        pause,
+        first_input: first_input.map(|at| at.saturating_duration_since(started)),
+        duration: clock::now().saturating_duration_since(started),
+        messages: session.stats().messages,
+    });
 }
 
 /// The bytes that came before the session starts: the early byte the pause read, plus, for

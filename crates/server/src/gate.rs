@@ -184,6 +184,11 @@ impl Gate {
             .over(&shared.runtime.load().config.load, LoadAction::Refuse)
     }
 
+    /// Connections accepted and not yet closed.
+    pub fn in_flight(&self) -> u32 {
+        self.sessions.count.load(Ordering::Relaxed)
+    }
+
     /// Sessions in flight in percent of `max_sessions` (None when there is no limit).
     pub fn sessions_pct(&self, shared: &Shared) -> Option<u32> {
         let max = u64::from(shared.runtime.load().config.limits.max_sessions);

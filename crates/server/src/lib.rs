@@ -21,6 +21,8 @@ pub mod gate;
 pub mod greet;
 pub mod hold;
 pub mod load;
+pub mod metrics;
+pub mod metrics_http;
 pub mod outbound;
 pub mod queue;
 pub mod queue_ops;

@@ -37,6 +37,7 @@ use crate::bounce;
 use crate::clock;
 use crate::control::QueueControl;
 use crate::load::{self, LoadAction};
+use crate::metrics::QueueGauges;
 use crate::outbound::{self, Destination, RelayResult};
 use crate::queue_ops::{self, Op, Response};
 use crate::state::{Runtime, Shared};
@@ -62,6 +63,7 @@ pub struct QueueHandle {
     tx: mpsc::Sender<QueueId>,
     overflow: Arc<AtomicBool>,
     control: mpsc::Sender<ControlRequest>,
+    gauges: Arc<QueueGauges>,
 }
 
 /// An operator's command for the runner, with where to send the answer.
@@ -79,18 +81,26 @@ impl QueueHandle {
         let (tx, rx) = mpsc::channel(MAX_ACTIVE);
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
+        let gauges = Arc::new(QueueGauges::default());
         (
             Self {
                 tx,
                 overflow: overflow.clone(),
                 control,
+                gauges: gauges.clone(),
             },
             QueueReceiver {
                 rx,
                 overflow,
                 control: control_rx,
+                gauges,
             },
         )
+    }
+
+    /// The queue's messages by state, as the runner last counted them (for `/metrics`).
+    pub fn gauges(&self) -> Arc<QueueGauges> {
+        self.gauges.clone()
     }
 
     /// Has the runner carry out a command that changes a message (flush, delete, hold,
@@ -123,6 +133,7 @@ pub struct QueueReceiver {
     rx: mpsc::Receiver<QueueId>,
     overflow: Arc<AtomicBool>,
     control: mpsc::Receiver<ControlRequest>,
+    gauges: Arc<QueueGauges>,
 }
 
 /// The control socket's handler in a running server: listings read the spool directly
@@ -161,8 +172,10 @@ enum Outcome {
     Done,
     /// Try again at this unix time.
     Retry(i64),
-    /// Held for the administrator, or unreadable: not scheduled again until a restart.
+    /// Unreadable: not scheduled again until a restart.
     Forget,
+    /// Held for the administrator: not scheduled again until released.
+    Held,
     /// Recipients for next hops: delivered by an async relay job, which then settles.
     Relay(Box<RelayJob>),
 }
@@ -175,6 +188,8 @@ struct Scheduler {
     known: HashSet<QueueId>,
     /// Being delivered now (in a worker's batch or a relay job).
     busy: HashSet<QueueId>,
+    /// Held messages seen since start (for `/metrics`; at most [`MAX_ACTIVE`]).
+    held: HashSet<QueueId>,
     rescan: bool,
 }
 
@@ -221,15 +236,35 @@ impl Scheduler {
         if !matches!(outcome, Outcome::Relay(_)) {
             self.busy.remove(&id);
         }
+        if matches!(outcome, Outcome::Held) {
+            if self.held.len() < MAX_ACTIVE {
+                self.held.insert(id.clone());
+            }
+        } else {
+            self.held.remove(&id);
+        }
         match outcome {
             Outcome::Retry(at) => {
                 self.waiting.insert((at, id));
             }
             // A relay job coming back as a relay job cannot happen; forget it like Done.
-            Outcome::Done | Outcome::Forget | Outcome::Relay(_) => {
+            Outcome::Done | Outcome::Forget | Outcome::Held | Outcome::Relay(_) => {
                 self.known.remove(&id);
             }
         }
+    }
+
+    /// Publishes the counts by state for `/metrics`.
+    fn publish(&self, gauges: &QueueGauges) {
+        let n = |len: usize| len as u64;
+        gauges.ready.store(n(self.ready.len()), Ordering::Relaxed);
+        gauges
+            .deferred
+            .store(n(self.waiting.len()), Ordering::Relaxed);
+        gauges
+            .delivering
+            .store(n(self.busy.len()), Ordering::Relaxed);
+        gauges.held.store(n(self.held.len()), Ordering::Relaxed);
     }
 
     fn promote_due(&mut self, now: i64) {
@@ -266,6 +301,7 @@ pub async fn run(
         waiting: BTreeSet::new(),
         known: HashSet::new(),
         busy: HashSet::new(),
+        held: HashSet::new(),
         rescan: false,
     };
     for id in initial {
@@ -317,6 +353,7 @@ pub async fn run(
         }
         // With a `queue_*` threshold set, the load is looked at every second, so holding
         // and resuming (and their log lines) follow it even while nothing arrives.
+        sched.publish(&rx.gauges);
         let mut wake = sched.next_wake(clock::unix_secs());
         if held || load::any_threshold(&shared.runtime.load().config.load, LoadAction::Queue) {
             wake = wake.min(LOAD_RECHECK);
@@ -424,6 +461,15 @@ async fn control(shared: &Arc<Shared>, sched: &mut Scheduler, req: ControlReques
         sched.ready.retain(|r| r != id);
         sched.known.remove(id);
     }
+    match &op {
+        Op::Hold(id) if response.ok && sched.held.len() < MAX_ACTIVE => {
+            sched.held.insert(id.clone());
+        }
+        Op::Delete(id) | Op::Release(id) if response.ok => {
+            sched.held.remove(id);
+        }
+        _ => {}
+    }
     let _ = reply.send(response);
 }
 
@@ -517,7 +563,7 @@ fn load_due(shared: &Shared, id: &QueueId, now: i64) -> Result<Work, Outcome> {
         }
     };
     if stored.state.held {
-        return Err(Outcome::Forget);
+        return Err(Outcome::Held);
     }
     if stored.state.next_attempt_at > now {
         return Err(Outcome::Retry(stored.state.next_attempt_at));

@@ -35,6 +35,8 @@ use crate::dns::{HickoryLookup, NoLookup, ReverseLookup};
 use crate::gate::{self, Admit, Gate};
 use crate::hold::Holder;
 use crate::load::{self, LoadMonitor};
+use crate::metrics::Live;
+use crate::metrics_http;
 use crate::queue::{self, QueueHandle, QueueReceiver};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{Event, Telemetry};
@@ -184,6 +186,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         &config.server.hostname,
     );
     let listen = config.server.listen.clone();
+    let metrics_listen = config.metrics.listen;
     let origin = config.origin.clone();
     // The operator's `portcullis queue` commands come in here (owner-only socket). Bound
     // before recovery: a second server on the same spool is refused before it touches it
@@ -208,6 +211,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .iter()
         .map(|a| bind(*a))
         .collect::<Result<Vec<_>>>()?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(bind(addr).context("cannot bind metrics.listen")?),
+        None => None,
+    };
     let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
     shared.telemetry.emit(Event::ServerStarted {
         version: env!("CARGO_PKG_VERSION"),
@@ -232,6 +239,22 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .context("cannot start the greeting-pause holder")?;
     let gate = Arc::new(Gate::new());
     tokio::spawn(load::sample(shared.clone(), gate.clone(), shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            shared.telemetry.emit(Event::MetricsListening { addr });
+        }
+        let (gate, queue) = (gate.clone(), shared.queue.gauges());
+        let live = move || Live {
+            sessions: u64::from(gate.in_flight()),
+            queue: queue.clone(),
+        };
+        tokio::spawn(metrics_http::serve(
+            listener,
+            shared.clone(),
+            live,
+            shutdown.clone(),
+        ));
+    }
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });

@@ -2,14 +2,17 @@
 //!
 //! Role: every observable event is a variant of [`Event`]; [`Telemetry::emit`] renders it once
 //! into a [`Record`] (name, queue id, Sendmail-worded text, structured fields) and writes one
-//! log line, so wording and fields cannot drift apart (design.md §3.10). Metrics will hang off
-//! the same `emit` (issue 7).
+//! log line, so wording and fields cannot drift apart (design.md §3.10). The same `emit`
+//! updates the metrics.
 //!
 //! Compatibility: the `text` of events admins grep for keeps Sendmail's wording
 //! (reference/sendmail-behaviour.md): `from=<..>, size=N, ...`, `to=<..>, delay=.., stat=Sent`,
 //! `timeout waiting for input from <host> during server cmd read`, `<relay> did not issue
 //! MAIL/EXPN/VRFY/ETRN during connection to MTA`. Extra detail goes in fields, which the JSON
 //! format shows and the syslog format omits.
+//!
+//! Metrics: `emit` also hands every event to [`crate::metrics::Metrics`], before anything
+//! decides whether its line is written.
 //!
 //! Must not: block the caller for long. Lines go to stderr (one write each) or as one datagram
 //! to the local syslog socket; a syslog socket that fails falls back to stderr.
@@ -25,6 +28,7 @@ use portcullis_smtp::{Action, Finding, RcptFlood};
 
 use crate::clock;
 use crate::load::Reading;
+use crate::metrics::Metrics;
 
 /// Syslog severity of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +83,8 @@ pub enum Event<'a> {
     ServerStarted { version: &'a str, config: &'a str },
     /// A listening socket is open.
     ListenerBound { addr: std::net::SocketAddr },
+    /// `/metrics` is served here (`[metrics] listen`).
+    MetricsListening { addr: std::net::SocketAddr },
     /// `max_sessions` reached: accepting stops (Sendmail's MaxDaemonChildren wording).
     DaemonRejecting { sessions: u32, max: u32 },
     /// Below `max_sessions` again.
@@ -113,6 +119,18 @@ pub enum Event<'a> {
     },
     /// A session ended without MAIL (Sendmail wording).
     NoMailIssued { relay: &'a str },
+    /// Every session that reached the dialogue, at its end: the greeting pause it had, when
+    /// the client first sent something and how long it lasted (no Sendmail line; the
+    /// `report greet-pause` what-if table reads it).
+    SessionClosed {
+        qid: &'a str,
+        relay: &'a str,
+        pause: std::time::Duration,
+        /// From connect to the client's first byte; None when it sent nothing.
+        first_input: Option<std::time::Duration>,
+        duration: std::time::Duration,
+        messages: u32,
+    },
     /// The client went away inside a transaction.
     LostInput {
         qid: Option<&'a str>,
@@ -337,6 +355,12 @@ impl Event<'_> {
                 None,
                 format!("listening on {addr}"),
             ),
+            Self::MetricsListening { addr } => r(
+                "metrics_listening",
+                Notice,
+                None,
+                format!("metrics at http://{addr}/metrics"),
+            ),
             Self::DaemonRejecting { sessions, max } => r(
                 "admission_max_sessions",
                 Notice,
@@ -409,6 +433,24 @@ impl Event<'_> {
                 Info,
                 None,
                 format!("{relay} did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA"),
+            ),
+            Self::SessionClosed {
+                qid,
+                relay,
+                pause,
+                first_input,
+                duration,
+                messages,
+            } => r(
+                "smtp_session_closed",
+                Info,
+                Some(qid),
+                format!(
+                    "session closed: relay={relay}, pause={}ms, first_input={}, duration={}ms, messages={messages}",
+                    pause.as_millis(),
+                    first_input.map_or_else(|| "none".to_owned(), |f| format!("{}ms", f.as_millis())),
+                    duration.as_millis()
+                ),
             ),
             Self::LostInput {
                 qid,
@@ -903,6 +945,7 @@ pub struct Telemetry {
     sink: Sink,
     hostname: String,
     pid: u32,
+    metrics: Metrics,
 }
 
 impl Telemetry {
@@ -940,6 +983,7 @@ impl Telemetry {
             sink,
             hostname: hostname.to_owned(),
             pid: std::process::id(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -950,6 +994,7 @@ impl Telemetry {
             sink: Sink::Memory(Mutex::new(Vec::new())),
             hostname: "test".into(),
             pid: 0,
+            metrics: Metrics::new(),
         }
     }
 
@@ -961,8 +1006,15 @@ impl Telemetry {
         }
     }
 
+    /// The metrics every event updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Records one event.
     pub fn emit(&self, event: Event<'_>) {
+        // metrics count every event, logged or not
+        self.metrics.observe(&event);
         let record = event.render();
         self.write(&record);
         if self.format == LogFormat::Syslog && record.detail {

@@ -129,7 +129,7 @@ const NORMAL_QUARANTINE: [&str; 3] = [
 ];
 
 /// Log texts a restarted server may show while recovering and serving this load.
-const NORMAL_LINES: [&str; 8] = [
+const NORMAL_LINES: [&str; 9] = [
     "starting daemon (Portcullis",
     "listening on ",
     ": from=<load@example.org>, ",
@@ -138,6 +138,7 @@ const NORMAL_LINES: [&str; 8] = [
     "recovered ",
     "did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA",
     "lost input channel from ",
+    ": session closed: relay=",
 ];
 
 /// Lines of the restarted servers' logs (every process but the first) that are not normal

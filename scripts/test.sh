@@ -14,6 +14,13 @@ need_pkg() { # command package
 }
 need_pkg swaks swaks
 need_pkg python3 python3
+# The import test compares its m4 texts with the real m4 over Sendmail's cf files.
+need_pkg m4 m4
+if [ ! -e /usr/share/sendmail/cf/m4/cf.m4 ]; then
+    echo "test.sh: installing sendmail-cf (Sendmail's m4 files only, for the import tests)"
+    if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq sendmail-cf >/dev/null
+fi
 # The relay tests' independent SMTP/LMTP next hop (crates/server/tests/peers/aiosmtpd_peer.py).
 if ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     echo "test.sh: installing python3-aiosmtpd (for the relay tests)"

@@ -18,6 +18,7 @@ mod defences;
 mod diagnostic;
 mod load;
 mod local;
+pub mod mc;
 mod model;
 mod names;
 pub mod next_hop;

@@ -1,7 +1,7 @@
 //! The command-line interface: one file per subcommand; `main.rs` only dispatches.
 //!
 //! Exit codes (sysexits, as Sendmail and Postfix tools): 0 success, 1 runtime failure,
-//! 64 usage (clap), 78 configuration error.
+//! 64 usage (clap), 65 bad input data (`import`), 78 configuration error.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use portcullis_config::{Diagnostic, Loaded, embedded_default, load_file};
 
 pub mod access;
 pub mod check_config;
+pub mod import;
 pub mod queue;
 pub mod serve;
 
@@ -56,6 +57,12 @@ pub enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// Translate another server's configuration into Portcullis's (TOML on stdout).
+    Import {
+        /// What to translate.
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
 }
 
 /// Loads the named file or the embedded default.
@@ -73,5 +80,6 @@ pub fn run(cli: Cli) -> i32 {
         Command::CheckConfig { config } => check_config::run(config.as_deref()),
         Command::Access { command } => access::run(command),
         Command::Queue { config, command } => queue::run(config.as_deref(), &command),
+        Command::Import { command } => import::run(&command),
     }
 }

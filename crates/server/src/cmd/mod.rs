@@ -11,6 +11,7 @@ use portcullis_config::{Diagnostic, Loaded, embedded_default, load_file};
 pub mod access;
 pub mod check_config;
 pub mod import;
+pub mod probe;
 pub mod queue;
 pub mod serve;
 
@@ -63,6 +64,9 @@ pub enum Command {
         #[command(subcommand)]
         command: import::ImportCommand,
     },
+    /// Test a server's greeting pause as a client would: connect, time the greeting, talk
+    /// politely, slam, or talk after SECS; print the transcript and a verdict.
+    Probe(probe::ProbeArgs),
 }
 
 /// Loads the named file or the embedded default.
@@ -81,5 +85,6 @@ pub fn run(cli: Cli) -> i32 {
         Command::Access { command } => access::run(command),
         Command::Queue { config, command } => queue::run(config.as_deref(), &command),
         Command::Import { command } => import::run(&command),
+        Command::Probe(args) => probe::run(&args),
     }
 }

@@ -740,6 +740,9 @@ fn other_macro_reason(name: &str) -> &'static str {
         "LOCAL_DOMAIN" => "list the domain in local.domains",
         "RELAY_DOMAIN" => "list the domain in relay.domains",
         "undefine" => "no Portcullis equivalent",
+        "include" | "sinclude" => {
+            "includes a file this tool does not read; translate what it defines"
+        }
         _ => "not a macro this tool knows",
     }
 }

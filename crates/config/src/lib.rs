@@ -34,7 +34,7 @@ pub use model::{
     AccessConfig, Action, BareLf, Config, ConnControlConfig, DEFAULT_TIMEOUTS, DelayChecks,
     DnsConfig, GreetPauseConfig, LimitsConfig, LoadConfig, LocalConfig, LogConfig, LogDestination,
     LogFormat, MaxSessionsAction, MetricsConfig, Phase, QueueConfig, RateControlConfig,
-    ServerConfig, SmtpConfig, Timeouts,
+    ServerConfig, SmtpConfig, SummaryConfig, Timeouts,
 };
 pub use relay::{RelayConfig, Route, RouteDomain, Routes};
 

@@ -493,11 +493,44 @@ impl Default for QueueConfig {
     }
 }
 
-/// `[log]`: event log format and destination.
+/// `[log]`: event log format and destination, and rejection summaries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub destination: LogDestination,
+    pub summaries: SummaryConfig,
+}
+
+/// Rejection summaries (Sendmail's `RejectLogInterval`, generalised): under a flood each
+/// defence logs its first rejections per client in full, then one summary line per interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummaryConfig {
+    /// `log.summary_interval`: the length of one counting window; zero = off (every
+    /// rejection logged in full).
+    pub interval: Duration,
+    /// `log.summary_after`: rejections logged in full per client and defence in a window.
+    pub after: u32,
+    /// `log.summary_top`: clients named in a summary line.
+    pub top: u32,
+}
+
+impl SummaryConfig {
+    /// Whether rejections are summarised at all.
+    pub fn enabled(&self) -> bool {
+        !self.interval.is_zero()
+    }
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            // fail2ban's default maxretry: filters written for Sendmail's lines still see
+            // enough of them per client to ban.
+            after: 5,
+            top: 5,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

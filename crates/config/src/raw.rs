@@ -313,6 +313,9 @@ pub(crate) struct RawQueue {
 pub(crate) struct RawLog {
     pub(crate) format: Option<Spanned<RawLogFormat>>,
     pub(crate) destination: Option<Spanned<RawLogDestination>>,
+    pub(crate) summary_interval: Text,
+    pub(crate) summary_after: Option<Spanned<u64>>,
+    pub(crate) summary_top: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,7 +21,7 @@ use crate::diagnostic::Report;
 use crate::model::{
     BareLf, Config, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_SPOOL_DIR, DelayChecks, LogConfig, LogDestination, LogFormat, MetricsConfig,
-    QueueConfig, ServerConfig, SmtpConfig,
+    QueueConfig, ServerConfig, SmtpConfig, SummaryConfig,
 };
 use crate::names::check_hostname;
 use crate::raw::{
@@ -56,7 +56,7 @@ pub(crate) fn config(
         local,
         timeouts: timeouts::timeouts(&raw.timeouts, report),
         queue: queue(&raw.queue, report),
-        log: log(&raw.log),
+        log: log(&raw.log, report),
         greet_pause: defences::greet_pause(&raw.greet_pause, report),
         access: defences::access(&raw.access, report),
         dns: defences::dns(&raw.dns, report),
@@ -314,7 +314,7 @@ fn queue(raw: &RawQueue, report: &mut Report<'_>) -> QueueConfig {
     queue
 }
 
-fn log(raw: &RawLog) -> LogConfig {
+fn log(raw: &RawLog, report: &mut Report<'_>) -> LogConfig {
     let format = match raw.format.as_ref().map(|v| *v.get_ref()) {
         None => LogFormat::default(),
         Some(RawLogFormat::Syslog) => LogFormat::Syslog,
@@ -328,6 +328,45 @@ fn log(raw: &RawLog) -> LogConfig {
     LogConfig {
         format,
         destination,
+        summaries: summaries(raw, report),
+    }
+}
+
+/// Longest `log.summary_interval`: a day (Sendmail's `RejectLogInterval` defaults to 3 h).
+const MAX_SUMMARY_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `log.summary_*`. The interval is 0 (off) or 1 s to a day: below a second the summary
+/// lines would themselves be a flood, and the summary line counts whole seconds.
+fn summaries(raw: &RawLog, report: &mut Report<'_>) -> SummaryConfig {
+    let d = SummaryConfig::default();
+    let key = "log.summary_interval";
+    let mut interval = duration_within(
+        &raw.summary_interval,
+        key,
+        Duration::ZERO..=MAX_SUMMARY_INTERVAL,
+        d.interval,
+        report,
+    );
+    if !interval.is_zero() && interval < Duration::from_secs(1) {
+        report.error(
+            raw.summary_interval.as_ref().map(Spanned::span),
+            format!(
+                "`{key}` = {} is too short: give \"0s\" (off) or at least 1s",
+                fmt_duration(interval)
+            ),
+        );
+        interval = d.interval;
+    }
+    SummaryConfig {
+        interval,
+        after: bounded(
+            &raw.summary_after,
+            "log.summary_after",
+            0..=10_000,
+            d.after,
+            report,
+        ),
+        top: bounded(&raw.summary_top, "log.summary_top", 0..=50, d.top, report),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use portcullis_config::{
     AccessConfig, Action, BareLf, ConnControlConfig, DelayChecks, Diagnostic, LimitsConfig,
     LoadConfig, LogDestination, LogFormat, MaxSessionsAction, RateControlConfig, Severity,
-    SmtpConfig, embedded_default, load_file, load_str,
+    SmtpConfig, SummaryConfig, embedded_default, load_file, load_str,
 };
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -1338,4 +1338,100 @@ fn relay_warnings_at_their_lines() {
             .any(|(l, m)| *l == 4 && m.contains("delivered to Maildir")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn summary_keys_default_when_absent() {
+    let loaded = load_str(QUIET_TAIL, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    let s = loaded.config.log.summaries;
+    assert_eq!(
+        (s.interval, s.after, s.top),
+        (Duration::from_secs(60), 5, 5)
+    );
+    assert!(s.enabled());
+    assert_eq!(s, SummaryConfig::default());
+    let embedded = embedded_default().unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(embedded.config.log.summaries, s);
+}
+
+#[test]
+fn summary_keys_round_trip() {
+    // (text, interval in ms, after, top)
+    let table: &[(&str, u64, u32, u32)] = &[
+        ("summary_interval = \"0s\"", 0, 5, 5),
+        ("summary_interval = \"1s\"", 1000, 5, 5),
+        (
+            "summary_interval = \"3h\"\nsummary_after = 0",
+            3 * 3_600_000,
+            0,
+            5,
+        ),
+        (
+            "summary_interval = \"1d\"\nsummary_after = 10000",
+            86_400_000,
+            10_000,
+            5,
+        ),
+        ("summary_top = 0", 60_000, 5, 0),
+        ("summary_top = 50\nsummary_after = 1", 60_000, 1, 50),
+    ];
+    for &(text, ms, after, top) in table {
+        let src = format!("[log]\n{text}\n{QUIET_TAIL}");
+        let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{src:?}: {d:#?}"));
+        assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+        let s = loaded.config.log.summaries;
+        assert_eq!(
+            (s.interval, s.after, s.top),
+            (Duration::from_millis(ms), after, top),
+            "{src:?}"
+        );
+        assert_eq!(s.enabled(), ms > 0, "{src:?}");
+    }
+}
+
+#[test]
+fn summary_bad_values_at_their_lines() {
+    let table: &[(&str, usize, &str)] = &[
+        (
+            "[log]\nsummary_interval = \"500ms\"\n",
+            2,
+            "`log.summary_interval` = 500ms is too short: give \"0s\" (off) or at least 1s",
+        ),
+        (
+            "[log]\n\nsummary_interval = \"2d\"\n",
+            3,
+            "`log.summary_interval` = 2days is out of range: it must be between 0s and 1day",
+        ),
+        (
+            "[log]\nsummary_interval = \"often\"\n",
+            2,
+            "`log.summary_interval`: \"often\" is not a duration",
+        ),
+        (
+            "[log]\nsummary_interval = 60\n",
+            2,
+            "`log.summary_interval`: invalid type: integer `60`",
+        ),
+        (
+            "[log]\nsummary_after = 10001\n",
+            2,
+            "`log.summary_after` must be between 0 and 10000, not 10001",
+        ),
+        (
+            "[log]\nsummary_after = -1\n",
+            2,
+            "`log.summary_after`: invalid value: integer `-1`",
+        ),
+        (
+            "[log]\nformat = \"json\"\nsummary_top = 51\n",
+            3,
+            "`log.summary_top` must be between 0 and 50, not 51",
+        ),
+        (
+            "[log]\nsummary_every = \"1m\"\n",
+            2,
+            "`log.summary_every`: unknown field `summary_every`",
+        ),
+    ];
+    assert_one_error_each(table);
 }

@@ -88,6 +88,7 @@ pub fn check_client(shared: &Shared, rt: &Runtime, peer: IpAddr) -> (Ticket, Ent
     });
     shared.telemetry.emit(Event::ClientLimited {
         host: &host,
+        client: peer,
         addr: &peer.to_string(),
         relay: &host,
         reply: &reply.to_log_string(),

@@ -106,6 +106,7 @@ where
         rt,
         pending: None,
         relay,
+        peer,
         quiet_end: false,
         log_id: None,
         delay_trigger: None,
@@ -231,6 +232,8 @@ struct Driver {
     pending: Option<Pending>,
     /// `name [addr]` for logs.
     relay: String,
+    /// The client's address (rejection summaries count by it).
+    peer: IpAddr,
     /// No "did not issue MAIL" line at the end (dropped talker, shutdown in the pause,
     /// refused by admission).
     quiet_end: bool,
@@ -388,6 +391,7 @@ impl Driver {
         let entry = format!("{}:{}", self.rt.access.source(), finding.line);
         self.shared.telemetry.emit(Event::AccessCheck {
             qid,
+            client: self.peer,
             text: &text,
             action,
             entry: &entry,
@@ -491,6 +495,7 @@ impl Driver {
         self.shared.telemetry.emit(Event::Pregreet {
             qid: qid.as_str(),
             relay: &self.relay,
+            client: self.peer,
             seconds: pregreet.seconds(),
             waited_ms: pregreet.waited.as_millis(),
             class: pregreet.class.name(),
@@ -533,6 +538,7 @@ impl Driver {
                         self.shared.telemetry.emit(Event::RecipientRefused {
                             qid: &qid,
                             relay: &self.relay,
+                            client: self.peer,
                             recipient: &recipient.to_string(),
                             reply: &reply.to_log_string(),
                             relaying: relay_denied,
@@ -694,6 +700,7 @@ impl Driver {
         self.shared.telemetry.emit(Event::SessionDefence {
             qid: qid.as_deref(),
             relay: &self.relay,
+            client: self.peer,
             finding,
             action,
         });

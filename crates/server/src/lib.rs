@@ -29,4 +29,5 @@ pub mod queue_ops;
 pub mod relay;
 pub mod serve;
 pub mod state;
+pub mod summary;
 pub mod telemetry;

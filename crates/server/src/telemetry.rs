@@ -14,21 +14,27 @@
 //! Metrics: `emit` also hands every event to [`crate::metrics::Metrics`], before anything
 //! decides whether its line is written.
 //!
+//! Rejection summaries: a per-client rejection past its client's first `log.summary_after`
+//! in the current interval is counted, not written ([`crate::summary`]); the server's
+//! summary task logs the counts as [`Event::RejectionSummary`]. Every other event is written.
+//!
 //! Must not: block the caller for long. Lines go to stderr (one write each) or as one datagram
 //! to the local syslog socket; a syslog socket that fails falls back to stderr.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Mutex;
 
-use portcullis_config::{LogDestination, LogFormat};
+use portcullis_config::{LogDestination, LogFormat, SummaryConfig};
 
 use portcullis_smtp::{Action, Finding, RcptFlood};
 
 use crate::clock;
 use crate::load::Reading;
 use crate::metrics::Metrics;
+use crate::summary::{Summaries, Summary};
 
 /// Syslog severity of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +218,8 @@ pub enum Event<'a> {
     Pregreet {
         qid: &'a str,
         relay: &'a str,
+        /// The client, for rejection summaries ([`crate::summary`]).
+        client: IpAddr,
         /// Whole seconds, rounded half up (Sendmail's "after N seconds").
         seconds: u64,
         waited_ms: u128,
@@ -226,6 +234,8 @@ pub enum Event<'a> {
     ClientLimited {
         /// `[ip]` or the client's name (Sendmail's arg1).
         host: &'a str,
+        /// The client, for rejection summaries ([`crate::summary`]).
+        client: IpAddr,
         addr: &'a str,
         relay: &'a str,
         /// The reply as logged (`421 4.3.2 Connection rate limit exceeded.`).
@@ -277,6 +287,8 @@ pub enum Event<'a> {
     /// with `ignore` the same after `ignored (access.action = ignore):`.
     AccessCheck {
         qid: Option<&'a str>,
+        /// The client, for rejection summaries ([`crate::summary`]).
+        client: IpAddr,
         text: &'a str,
         action: Action,
         /// `file:line` of the entry.
@@ -288,6 +300,8 @@ pub enum Event<'a> {
     RecipientRefused {
         qid: &'a str,
         relay: &'a str,
+        /// The client, for rejection summaries ([`crate::summary`]).
+        client: IpAddr,
         recipient: &'a str,
         reply: &'a str,
         relaying: bool,
@@ -302,6 +316,8 @@ pub enum Event<'a> {
     SessionDefence {
         qid: Option<&'a str>,
         relay: &'a str,
+        /// The client, for rejection summaries ([`crate::summary`]).
+        client: IpAddr,
         finding: &'a Finding,
         action: Action,
     },
@@ -309,6 +325,9 @@ pub enum Event<'a> {
     DeliveryHeld { reading: Reading },
     /// Below every `queue_*` threshold again: delivery goes on.
     DeliveryResumed,
+    /// What a defence did not log in full during one window of `log.summary_interval`
+    /// (Sendmail's `RejectLogInterval`, generalised; see [`crate::summary`]).
+    RejectionSummary { summary: &'a Summary },
 }
 
 /// An event rendered once.
@@ -606,6 +625,7 @@ impl Event<'_> {
                 format!("recovered {messages} queued message(s)"),
             ),
             Self::Pregreet {
+                client: _,
                 qid,
                 relay,
                 seconds,
@@ -634,6 +654,7 @@ impl Event<'_> {
             .with("pause_entry", entry.unwrap_or("greet_pause.default"))
             .with_detail_line(),
             Self::ClientLimited {
+                client: _,
                 host,
                 addr,
                 relay,
@@ -740,6 +761,7 @@ impl Event<'_> {
                 ),
             ),
             Self::AccessCheck {
+                client: _,
                 qid,
                 text,
                 action,
@@ -757,6 +779,7 @@ impl Event<'_> {
             .with("access_entry", entry)
             .with_detail_line(),
             Self::RecipientRefused {
+                client: _,
                 qid,
                 relay,
                 recipient,
@@ -775,6 +798,7 @@ impl Event<'_> {
             }
             Self::Discarded { qid } => r("access_discarded", Notice, Some(qid), "discarded".to_owned()),
             Self::SessionDefence {
+                client: _,
                 qid,
                 relay,
                 finding,
@@ -808,8 +832,49 @@ impl Event<'_> {
                 None,
                 "delivery resumed: load below queue thresholds".to_owned(),
             ),
+            Self::RejectionSummary { summary } => summary_record(summary),
         }
     }
+}
+
+/// A rejection summary's line: `greet_pause: 1234 more rejections not logged in the last 60s
+/// from 87 clients (first 5 per client logged); top: [192.0.2.1] 400, [192.0.2.7] 120`.
+/// No filter written for Sendmail's lines matches it, so a summary bans nobody.
+fn summary_record(s: &Summary) -> Record {
+    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let mut text = format!(
+        "{}: {} not logged in the last {}s from {} (first {} per client logged)",
+        s.defence.name(),
+        plural(s.suppressed, "more rejection"),
+        s.window_secs(),
+        plural(u64::try_from(s.clients).unwrap_or(u64::MAX), "client"),
+        s.after
+    );
+    if !s.top.is_empty() {
+        text.push_str("; top: ");
+        text.push_str(&s.top_text());
+    }
+    if s.untracked > 0 {
+        text.push_str(&format!(
+            "; {} from clients not tracked (table full)",
+            s.untracked
+        ));
+    }
+    let top: Vec<String> = s.top.iter().map(|(a, n)| format!("{a}={n}")).collect();
+    Record {
+        name: "rejections_summary",
+        level: Level::Notice,
+        qid: None,
+        text,
+        fields: Vec::new(),
+        detail: false,
+    }
+    .with("defence", s.defence.name())
+    .with("suppressed", &s.suppressed.to_string())
+    .with("clients", &s.clients.to_string())
+    .with("untracked", &s.untracked.to_string())
+    .with("interval_s", &s.window_secs().to_string())
+    .with("top", &top.join(","))
 }
 
 /// The event name, level and Sendmail-worded text of a session defence's finding.
@@ -946,6 +1011,8 @@ pub struct Telemetry {
     hostname: String,
     pid: u32,
     metrics: Metrics,
+    /// Rejection summaries; off until [`Telemetry::configure_summaries`].
+    summaries: Summaries,
 }
 
 impl Telemetry {
@@ -984,6 +1051,7 @@ impl Telemetry {
             hostname: hostname.to_owned(),
             pid: std::process::id(),
             metrics: Metrics::new(),
+            summaries: Summaries::off(),
         }
     }
 
@@ -995,6 +1063,7 @@ impl Telemetry {
             hostname: "test".into(),
             pid: 0,
             metrics: Metrics::new(),
+            summaries: Summaries::off(),
         }
     }
 
@@ -1011,10 +1080,26 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// Turns rejection summaries on (or off, or changes them: a reload keeps the counts).
+    /// Whoever turns them on logs [`Telemetry::summaries`]' due summaries (`serve`).
+    pub fn configure_summaries(&self, settings: SummaryConfig) {
+        self.summaries.configure(settings);
+    }
+
+    /// The rejection-summary counts.
+    pub fn summaries(&self) -> &Summaries {
+        &self.summaries
+    }
+
     /// Records one event.
     pub fn emit(&self, event: Event<'_>) {
         // metrics count every event, logged or not
         self.metrics.observe(&event);
+        // A rejection past its client's first `log.summary_after` is only counted, and not
+        // even rendered: under a flood that is the point. Its detail line goes with it.
+        if !self.summaries.admit(&event) {
+            return;
+        }
         let record = event.render();
         self.write(&record);
         if self.format == LogFormat::Syslog && record.detail {
@@ -1146,6 +1231,85 @@ mod tests {
             std::str::from_utf8(&buf[..n])
                 .unwrap()
                 .starts_with("<19>portcullis[")
+        );
+    }
+
+    fn pregreet(client: IpAddr) -> Event<'static> {
+        Event::Pregreet {
+            qid: "Q",
+            relay: "[192.0.2.1]",
+            client,
+            seconds: 0,
+            waited_ms: 3,
+            class: "smtp-command",
+            sample: "EHLO x",
+            action: Action::Enforce,
+            entry: None,
+        }
+    }
+
+    #[test]
+    fn summarised_rejections_are_counted_not_written() {
+        let t = Telemetry::memory(LogFormat::Syslog);
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        // Off by default: every rejection is written (with its detail line).
+        t.emit(pregreet(client));
+        assert_eq!(t.lines().len(), 2);
+        t.configure_summaries(SummaryConfig {
+            interval: std::time::Duration::from_secs(60),
+            after: 1,
+            top: 5,
+        });
+        for _ in 0..3 {
+            t.emit(pregreet(client));
+            // Not a rejection: never held back.
+            t.emit(Event::NoMailIssued {
+                relay: "[192.0.2.1]",
+            });
+        }
+        let lines = t.lines();
+        let pregreets = lines.iter().filter(|l| l.contains("pre-greeting")).count();
+        let details = lines.iter().filter(|l| l.contains(" detail: ")).count();
+        let no_mail = lines.iter().filter(|l| l.contains("did not issue")).count();
+        assert_eq!((pregreets, details, no_mail), (2, 2, 3), "{lines:#?}");
+        let due = t.summaries().take_all();
+        assert_eq!(due.len(), 1);
+        t.emit(Event::RejectionSummary { summary: &due[0] });
+        let last = t.lines().pop().unwrap();
+        assert!(
+            last.ends_with(
+                "portcullis[0]: greet_pause: 2 more rejections not logged in the last 1s \
+                 from 1 client (first 1 per client logged); top: [192.0.2.1] 2"
+            ),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn summary_json_fields() {
+        let summary = Summary {
+            defence: crate::summary::Defence::RelayDenied,
+            suppressed: 9,
+            clients: 2,
+            untracked: 3,
+            window: std::time::Duration::from_secs(60),
+            after: 5,
+            top: vec![
+                ("2001:db8::1".parse().unwrap(), 4),
+                ("192.0.2.7".parse().unwrap(), 2),
+            ],
+        };
+        let j = Event::RejectionSummary { summary: &summary }
+            .render()
+            .json("T");
+        assert_eq!(
+            j,
+            "{\"ts\":\"T\",\"level\":\"notice\",\"event\":\"rejections_summary\",\
+             \"message\":\"relay_denied: 9 more rejections not logged in the last 60s from 2 \
+             clients (first 5 per client logged); top: [IPv6:2001:db8:0:0:0:0:0:1] 4, \
+             [192.0.2.7] 2; 3 from clients not tracked (table full)\",\"defence\":\"relay_denied\",\
+             \"suppressed\":\"9\",\"clients\":\"2\",\"untracked\":\"3\",\"interval_s\":\"60\",\
+             \"top\":\"2001:db8::1=4,192.0.2.7=2\"}"
         );
     }
 

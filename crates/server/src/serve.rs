@@ -8,7 +8,11 @@
 //! down`, let a DATA in progress finish within `shutdown_grace`, drain the committer (every
 //! message acknowledged is on disk) and stop the queue runner. SIGHUP reloads the file
 //! atomically for new sessions; a bad file is logged and the old configuration kept.
-//! Listen addresses and log settings are read at start only.
+//! Listen addresses and the log's format and destination are read at start only; the
+//! rejection-summary keys (`log.summary_*`) follow a reload, keeping the counts.
+//!
+//! Rejection summaries: a task logs each defence's summary when its window is due, and the
+//! last counts once more at shutdown, after the sessions have ended (nothing counted is lost).
 //!
 //! Must not: contain SMTP or policy logic.
 
@@ -185,6 +189,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         config.log.destination,
         &config.server.hostname,
     );
+    telemetry.configure_summaries(config.log.summaries);
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen;
     let origin = config.origin.clone();
@@ -255,6 +260,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             shutdown.clone(),
         ));
     }
+    tokio::spawn(log_summaries(shared.clone(), shutdown.clone()));
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             shared.telemetry.emit(Event::ListenerBound { addr });
@@ -286,6 +292,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let _ = std::fs::remove_file(&control_path);
     let committer_owner = shared.clone();
     let _ = tokio::task::spawn_blocking(move || committer_owner.committer.shutdown()).await;
+    for summary in &shared.telemetry.summaries().take_all() {
+        shared.telemetry.emit(Event::RejectionSummary { summary });
+    }
     shared.telemetry.emit(Event::ShutdownDone {
         sessions_left: left,
     });
@@ -336,6 +345,7 @@ pub async fn reload(shared: &Shared, config_path: Option<&Path>) {
             if let Some(file) = &config.access.file {
                 access::report_loaded(&shared.telemetry, file, &access);
             }
+            shared.telemetry.configure_summaries(config.log.summaries);
             shared.replace_runtime(Runtime::new(config, &access, names));
             shared
                 .telemetry
@@ -362,6 +372,24 @@ fn load_runtime_files(path: &Path) -> Result<(Config, LoadedMap), String> {
     })?;
     let access = access::load(config.config.access.file.as_deref()).map_err(|e| e.join("; "))?;
     Ok((config.config, access))
+}
+
+/// The longest the summary task sleeps: a reload that turns summaries on, off or to a
+/// shorter interval takes effect within it.
+const SUMMARY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Logs each rejection summary when its window is due, until shutdown (which logs the rest).
+async fn log_summaries(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let (due, next) = shared.telemetry.summaries().take_due(SUMMARY_RECHECK);
+        for summary in &due {
+            shared.telemetry.emit(Event::RejectionSummary { summary });
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
 }
 
 /// How often an accept loop waiting for a client looks at the load.

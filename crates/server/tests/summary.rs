@@ -152,3 +152,29 @@ fn defences_count_apart_and_shutdown_logs_the_rest() {
     let summary_at = log.rfind(SUMMARY).unwrap();
     assert!(log[summary_at..].contains("stopped; 0 session(s) cut off"));
 }
+
+#[test]
+fn reload_applies_the_new_interval_and_keeps_the_counts() {
+    let mut server = Server::start(&format!(
+        "{PAUSED}[log]\nsummary_interval = \"1h\"\nsummary_after = 1\n"
+    ));
+    for _ in 0..3 {
+        slam(&server, LOCAL3);
+    }
+    assert!(server.wait_log_count(&pregreet_line("127.0.0.3"), 1, Duration::from_secs(5)));
+    server.write_config(&format!(
+        "{PAUSED}[log]\nsummary_interval = \"2s\"\nsummary_after = 1\n"
+    ));
+    server.signal(Signal::SIGHUP);
+    assert!(server.wait_log("configuration reloaded", Duration::from_secs(5)));
+    // The window began before the reload, so it is due 2 s after the first slam at the
+    // latest: the two lines held back under the old settings are in it.
+    let summary = "greet_pause: 2 more rejections not logged in the last 2s from 1 client \
+                   (first 1 per client logged); top: [127.0.0.3] 2";
+    assert!(
+        server.wait_log(summary, Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.log().matches(&pregreet_line("127.0.0.3")).count(), 1);
+}

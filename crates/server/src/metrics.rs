@@ -376,6 +376,7 @@ mod tests {
         for (ms, action) in [(1500, Action::Enforce), (200, Action::Ignore)] {
             m.observe(&Event::Pregreet {
                 qid: "Q",
+                client: std::net::IpAddr::from([192, 0, 2, 1]),
                 relay: "[192.0.2.1]",
                 seconds: 2,
                 waited_ms: ms,

@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::summary;
 use crate::telemetry::{Event, RelayStat};
 
 type Labels1 = [(&'static str, &'static str); 1];
@@ -198,38 +199,17 @@ impl Metrics {
 
     /// Counts one event (called for every event telemetry records).
     pub fn observe(&self, event: &Event<'_>) {
+        // The per-client defences carry the same names in metrics and in summary lines.
+        if let Some((defence, _)) = summary::subject(event) {
+            self.finding(defence.name(), finding_outcome(event));
+        }
         match event {
-            Event::Pregreet {
-                waited_ms, action, ..
-            } => {
-                self.finding("greet_pause", action_outcome(*action));
+            Event::Pregreet { waited_ms, .. } => {
                 self.pregreet.observe(*waited_ms as f64 / 1000.0);
             }
-            Event::ClientLimited {
-                defence, action, ..
-            } => self.finding(admission_defence(defence), action_outcome(*action)),
-            Event::AccessCheck { action, .. } => self.finding("access", action_outcome(*action)),
             Event::Discarded { .. } => {
                 self.finding("access", "discarded");
                 self.message("discarded");
-            }
-            Event::RecipientRefused { relaying, .. } => {
-                let defence = if *relaying {
-                    "relay"
-                } else {
-                    "unknown_recipient"
-                };
-                self.finding(defence, "rejected");
-            }
-            Event::SessionDefence {
-                finding, action, ..
-            } => {
-                let (defence, outcome) = session_defence(finding);
-                let outcome = match action {
-                    Action::Enforce => outcome,
-                    other => action_outcome(*other),
-                };
-                self.finding(defence, outcome);
             }
             Event::DaemonDeferring { .. } => self.finding("connection_rate_throttle", "delayed"),
             Event::DaemonRefusingLoad { .. } => self.finding("load", "rejected"),
@@ -327,26 +307,33 @@ fn action_outcome(action: Action) -> &'static str {
     }
 }
 
-/// The `defence` label of an admission limit (its event's `defence` field).
-fn admission_defence(defence: &str) -> &'static str {
-    match defence {
-        "rate_control" => "rate_control",
-        "conn_control" => "conn_control",
-        _ => "admission",
+/// The `outcome` label of a per-client defence's event: its action, and for `enforce` what
+/// the defence then does (most refuse; the throttles delay; some close).
+fn finding_outcome(event: &Event<'_>) -> &'static str {
+    let (action, enforced) = match event {
+        Event::Pregreet { action, .. }
+        | Event::ClientLimited { action, .. }
+        | Event::AccessCheck { action, .. } => (*action, "rejected"),
+        Event::SessionDefence {
+            action, finding, ..
+        } => (*action, enforced_session_outcome(finding)),
+        _ => (Action::Enforce, "rejected"),
+    };
+    match action {
+        Action::Enforce => enforced,
+        other => action_outcome(other),
     }
 }
 
-/// The `defence` label of a session defence's finding, and its outcome when enforced.
-fn session_defence(finding: &Finding) -> (&'static str, &'static str) {
+/// What an enforced session defence does.
+fn enforced_session_outcome(finding: &Finding) -> &'static str {
     match finding {
-        Finding::OpenProxy { .. } => ("open_proxy", "rejected"),
-        Finding::TooManyRecipients => ("max_recipients", "rejected"),
-        Finding::RcptFlood(RcptFlood::Throttling) => ("bad_rcpt", "delayed"),
-        Finding::RcptFlood(RcptFlood::ShuttingDown) => ("bad_rcpt", "closed"),
-        Finding::TooManyBadCommands => ("bad_commands", "closed"),
-        Finding::Stuffing { .. } => ("stuffing", "rejected"),
-        Finding::Unsynchronized { .. } => ("pipelining", "rejected"),
-        Finding::CommandFlood { .. } => ("command_flood", "delayed"),
+        Finding::RcptFlood(RcptFlood::Throttling) | Finding::CommandFlood { .. } => "delayed",
+        Finding::RcptFlood(RcptFlood::ShuttingDown) | Finding::TooManyBadCommands => "closed",
+        Finding::OpenProxy { .. }
+        | Finding::TooManyRecipients
+        | Finding::Stuffing { .. }
+        | Finding::Unsynchronized { .. } => "rejected",
     }
 }
 

@@ -135,7 +135,7 @@ fn a_scripted_session_shows_in_every_counter() {
         )
     };
     assert_eq!(finding("greet_pause", "rejected"), 1.0);
-    assert_eq!(finding("relay", "rejected"), 1.0);
+    assert_eq!(finding("relay_denied", "rejected"), 1.0);
     assert_eq!(
         get(&m, r#"portcullis_messages_total{outcome="accepted"}"#),
         2.0

@@ -3,7 +3,7 @@
 //! Role: wire the sans-IO session (`portcullis-smtp`), the pure policy (`portcullis-policy`),
 //! the spool (`portcullis-spool`) and the configuration (`portcullis-config`) to the outside
 //! world: listeners ([`serve`]), the per-connection driver ([`conn`]), the queue runner and
-//! Maildir delivery ([`queue`]), logs ([`telemetry`]) and the CLI ([`cmd`]).
+//! Maildir delivery ([`queue`]), logs ([`telemetry`]), log reports ([`report`]) and the CLI ([`cmd`]).
 //!
 //! Must not: hold SMTP or policy rules (they live in the crates above) or read the clock
 //! outside [`clock`].
@@ -27,6 +27,7 @@ pub mod outbound;
 pub mod queue;
 pub mod queue_ops;
 pub mod relay;
+pub mod report;
 pub mod serve;
 pub mod state;
 pub mod summary;

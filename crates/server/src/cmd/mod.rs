@@ -13,6 +13,7 @@ pub mod check_config;
 pub mod import;
 pub mod probe;
 pub mod queue;
+pub mod report;
 pub mod serve;
 
 /// Exit status for a configuration error (EX_CONFIG).
@@ -67,6 +68,12 @@ pub enum Command {
     /// Test a server's greeting pause as a client would: connect, time the greeting, talk
     /// politely, slam, or talk after SECS; print the transcript and a verdict.
     Probe(probe::ProbeArgs),
+    /// Reports from the logs (ours and Sendmail's): `report greet-pause`.
+    Report {
+        /// Which report.
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
 }
 
 /// Loads the named file or the embedded default.
@@ -86,5 +93,6 @@ pub fn run(cli: Cli) -> i32 {
         Command::Queue { config, command } => queue::run(config.as_deref(), &command),
         Command::Import { command } => import::run(&command),
         Command::Probe(args) => probe::run(&args),
+        Command::Report { command } => report::run(command),
     }
 }

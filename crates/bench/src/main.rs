@@ -1,8 +1,9 @@
 //! portcullis-bench: load generator for measuring a Portcullis (or any SMTP)
 //! server on this machine — `throughput` (messages/s, latency), `held`
 //! (server memory per idle connection), `flood` (an exempt client's latency under a
-//! connection flood) and `relay` (relay throughput end to end, through a `portcullis serve`
-//! it starts itself, to a sink in this process).
+//! connection flood), `relay` (relay throughput end to end, through a `portcullis serve`
+//! it starts itself, to a sink in this process) and `report` (`portcullis report
+//! greet-pause` over a generated 1 GiB log).
 //!
 //! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
 //! time or count bound, or touch a server it did not start other than over SMTP and /proc
@@ -16,6 +17,7 @@ mod flood;
 mod held;
 mod message;
 mod relay;
+mod report;
 mod sink;
 mod smtp;
 mod throughput;
@@ -73,6 +75,13 @@ enum Scenario {
     /// 250 to its arrival at the sink, and the server's CPU and memory. The client and the
     /// sink run on 2 tokio worker threads, sharing the machine with the server.
     Relay(relay::RelayConfig),
+    /// `portcullis report greet-pause` over a generated mail log: wall time, MB/s, peak RSS
+    ///
+    /// Writes a realistic mixed log (Sendmail's lines and ours) of --size-mib and a gzip
+    /// copy into a fresh directory, then runs the release `portcullis` binary beside this
+    /// program on each, --runs times. The report's summary must count exactly the lines
+    /// written. Run it when nothing else builds: the machine has 2 cores.
+    Report(report::ReportConfig),
 }
 
 /// clap parser for `--target`: an IP:port on loopback (no host names, no DNS).
@@ -124,6 +133,10 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Relay(cfg) => {
                 let result = relay::run_relay(cfg.clone()).await?;
+                println!("{}", result.report(&cfg));
+            }
+            Scenario::Report(cfg) => {
+                let result = report::run_report(cfg.clone()).await?;
                 println!("{}", result.report(&cfg));
             }
             Scenario::AccessLoad(cfg) => {

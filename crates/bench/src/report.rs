@@ -474,7 +474,7 @@ impl ReportResult {
         let mb = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
         let mut out = format!(
             "portcullis-bench report (portcullis report greet-pause)\n\
-             \x20 machine: {} cores; the report is single-threaded\n\
+             \x20 machine: {} cores; the report reads on one thread and scans on another\n\
              \x20 log:     {:.1} MiB, {} lines, {} matched by the report ({} pre-greeting), seed {}\n",
             crate::cores(),
             w.bytes as f64 / (1024.0 * 1024.0),

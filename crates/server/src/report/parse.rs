@@ -21,7 +21,9 @@
 //! compared. A line that has the phrase but not the shape is an error (a bad line), never a
 //! panic.
 
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::{Finder, FinderRev};
 
 /// Longest delay, pause or wait accepted (one hour). Sendmail and Portcullis clamp the pause
 /// to 300 s, so anything longer is a corrupt line; the bound also bounds the report's maps.
@@ -32,6 +34,16 @@ pub const MAX_DELAY_SECS: u64 = MAX_DELAY_MS / 1000;
 
 /// Longest queue id kept for joining lines (ours are 16 characters, Sendmail's 14).
 const MAX_QID: usize = 32;
+
+/// Searchers built once: building one per line cost more than the search (profiled).
+static REJECTING: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"rejecting commands from "));
+static AFTER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b" after "));
+static WAITED_DETAIL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"waited_ms=\""));
+static PAUSE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b", pause="));
+static MESSAGE_JSON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"message\":\""));
+static QID_JSON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"qid\":\""));
+static WAITED_JSON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b",\"waited_ms\":\""));
 
 /// Which phrase found the line (the scanner's needles, in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +127,11 @@ fn pregreet<'a>(line: &'a [u8], head: &'a [u8], rest: &'a [u8]) -> Result<Parsed
     let json = is_json(head);
     let (seconds, start) = if let Some(after) = rest.strip_prefix(b" after ") {
         // Sendmail 8.14+ and ours: `rejecting commands from <relay> due to ...`.
-        let start = memmem::rfind(head, b"rejecting commands from ");
+        let start = REJECTING.rfind(head);
         (seconds_then_word(after)?, start)
     } else if let Some(from) = rest.strip_prefix(b" from ") {
         // Ours with `action = ignore`: the message starts with the phrase.
-        let after = memmem::find(from, b" after ").ok_or("no \"after N seconds\"")?;
+        let after = AFTER.find(from).ok_or("no \"after N seconds\"")?;
         (seconds_then_word(&from[after + 7..])?, Some(head.len()))
     } else if untimed_end(rest) {
         return Ok(Parsed::Untimed);
@@ -127,12 +139,12 @@ fn pregreet<'a>(line: &'a [u8], head: &'a [u8], rest: &'a [u8]) -> Result<Parsed
         return Err("unknown pre-greeting wording");
     };
     let qid = if json {
-        json_field(line, b"\"qid\":\"")
+        json_field(line, &QID_JSON)
     } else {
         start.and_then(|s| qid_before(&head[..s]))
     };
     let waited_ms = if json {
-        json_field(line, b",\"waited_ms\":\"")
+        json_field(line, &WAITED_JSON)
             .map(|v| bounded_number(v).ok_or("bad waited_ms"))
             .transpose()?
     } else {
@@ -167,7 +179,9 @@ fn detail<'a>(head: &'a [u8], rest: &'a [u8]) -> Result<Parsed<'a>, Bad> {
     let qid = qid_before(head).ok_or("detail line without a queue id")?;
     // The sample field before it has every `"` escaped as `\"`, so `waited_ms="` cannot be
     // forged by what the client sent.
-    let at = memmem::find(rest, b"waited_ms=\"").ok_or("detail line without waited_ms")?;
+    let at = WAITED_DETAIL
+        .find(rest)
+        .ok_or("detail line without waited_ms")?;
     let value = &rest[at + 11..];
     let end = memchr::memchr(b'"', value).ok_or("unterminated waited_ms")?;
     let waited_ms = bounded_number(&value[..end]).ok_or("bad waited_ms")?;
@@ -176,12 +190,12 @@ fn detail<'a>(head: &'a [u8], rest: &'a [u8]) -> Result<Parsed<'a>, Bad> {
 
 fn session<'a>(line: &'a [u8], head: &'a [u8], rest: &'a [u8]) -> Result<Session<'a>, Bad> {
     let qid = if is_json(head) {
-        json_field(line, b"\"qid\":\"")
+        json_field(line, &QID_JSON)
     } else {
         qid_before(head)
     };
     // The relay (`host [ip]`) comes first; host names have no ", pause=".
-    let at = memmem::find(rest, b", pause=").ok_or("session line without pause=")?;
+    let at = PAUSE.find(rest).ok_or("session line without pause=")?;
     let mut c = Cursor(&rest[at + 8..]);
     let pause_ms = c.millis().ok_or("bad pause=")?;
     if pause_ms > MAX_DELAY_MS {
@@ -207,7 +221,7 @@ fn session<'a>(line: &'a [u8], head: &'a [u8], rest: &'a [u8]) -> Result<Session
 
 /// The text is the `"message"` of a JSON object.
 fn is_json(head: &[u8]) -> bool {
-    memmem::find(head, b"\"message\":\"").is_some()
+    MESSAGE_JSON.find(head).is_some()
 }
 
 /// The queue id that ends `head` (`... sendmail[123]: <qid>: `), if it looks like one.
@@ -218,8 +232,8 @@ fn qid_before(head: &[u8]) -> Option<&[u8]> {
 }
 
 /// The string value after `key` (which ends with the opening quote).
-fn json_field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = memmem::find(line, key)? + key.len();
+fn json_field<'a>(line: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
+    let at = key.find(line)? + key.needle().len();
     let value = &line[at..];
     let end = memchr::memchr(b'"', value)?;
     Some(&value[..end])
@@ -274,7 +288,7 @@ mod tests {
         let bytes = line.as_bytes();
         let (kind, at) = Kind::ALL
             .iter()
-            .filter_map(|k| memmem::find(bytes, k.needle()).map(|at| (*k, at)))
+            .filter_map(|k| memchr::memmem::find(bytes, k.needle()).map(|at| (*k, at)))
             .min_by_key(|(_, at)| *at)
             .expect("a needle");
         parse(kind, bytes, at)

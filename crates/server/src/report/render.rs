@@ -80,13 +80,20 @@ fn percentiles(a: &Analysis) -> String {
 
 fn what_if(a: &Analysis, candidates_ms: &[u64]) -> String {
     let sessions = a.sessions();
-    let mut out = match (a.pause_in_force(), sessions.total() > 0) {
-        (Some(p), true) => format!(
-            "What if the pause were (pause in force: {}, the shortest in the session lines; a longer\n\
+    let mut out = match (a.pause_in_force(), sessions.max_pause_ms) {
+        (Some(p), Some(max)) if max != p => format!(
+            "What if the pause were (pauses in force: {} to {}, from the session lines; a\n\
+             candidate above {} gives only a lower bound, marked >=):\n",
+            secs(p),
+            secs(max),
+            secs(p)
+        ),
+        (Some(p), Some(_)) => format!(
+            "What if the pause were (pause in force: {}, from the session lines; a longer\n\
              candidate gives only a lower bound, marked >=):\n",
             secs(p)
         ),
-        (Some(p), false) => format!(
+        (Some(p), None) => format!(
             "What if the pause were (pause in force not logged: at least {}, the longest delay seen; a\n\
              longer candidate gives only a lower bound, marked >=):\n",
             secs(p)

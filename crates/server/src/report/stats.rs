@@ -68,7 +68,7 @@ pub struct Sessions {
     pub paused: u64,
     /// Clients that were not paused (pass cache, exemption, no pause configured).
     pub unpaused: u64,
-    /// Shortest and longest pause in force (ms) among paused sessions.
+    /// Shortest and longest pause in force (ms) among paused sessions (early talkers' too).
     pub min_pause_ms: Option<u64>,
     pub max_pause_ms: Option<u64>,
     /// Paused behaved clients that sent nothing: how long they stayed (ms) → count, kept
@@ -203,6 +203,11 @@ impl Analysis {
 
     fn session(&mut self, s: &Session<'_>) {
         let t = &mut self.sessions;
+        if s.pause_ms > 0 {
+            // Early talkers' sessions were paused too: their pause was in force.
+            t.min_pause_ms = Some(t.min_pause_ms.map_or(s.pause_ms, |m| m.min(s.pause_ms)));
+            t.max_pause_ms = Some(t.max_pause_ms.map_or(s.pause_ms, |m| m.max(s.pause_ms)));
+        }
         if s.early_talker() {
             t.early += 1;
             if let (Some(qid), Some(ms)) = (s.qid, s.first_input_ms) {
@@ -215,8 +220,6 @@ impl Analysis {
             return;
         }
         t.paused += 1;
-        t.min_pause_ms = Some(t.min_pause_ms.map_or(s.pause_ms, |m| m.min(s.pause_ms)));
-        t.max_pause_ms = Some(t.max_pause_ms.map_or(s.pause_ms, |m| m.max(s.pause_ms)));
         if s.first_input_ms.is_none() && s.duration_ms < MAX_CANDIDATE_MS {
             *t.silent.entry(s.duration_ms).or_default() += 1;
         }
@@ -491,6 +494,7 @@ mod tests {
         ]);
         let s = a.sessions();
         assert_eq!((s.early, s.paused, s.unpaused, s.total()), (1, 4, 2, 7));
+        assert_eq!((s.min_pause_ms, s.max_pause_ms), (Some(2000), Some(3000)));
         assert_eq!(a.pause_in_force(), Some(2000));
         let row = |p| {
             let w = a.what_if(p);
@@ -521,6 +525,17 @@ mod tests {
                 lost: 1
             })
         );
+    }
+
+    #[test]
+    fn an_early_talkers_shorter_pause_is_the_pause_in_force() {
+        let a = analyse(&[
+            talker(Some("E"), 0, None),
+            session(Some("E"), 800, Some(100), 300),
+            session(Some("A"), 2000, Some(2004), 5000),
+        ]);
+        assert_eq!(a.pause_in_force(), Some(800));
+        assert!(a.what_if(1000).lower_bound);
     }
 
     #[test]

@@ -62,6 +62,13 @@ fn percentiles(a: &Analysis) -> String {
     };
     let mut out =
         format!("Early talkers: {all} ({ms} timed to the millisecond, {whole} in whole seconds)\n");
+    let summarised = a.from_sessions();
+    if summarised > 0 {
+        let _ = writeln!(
+            out,
+            "  ({summarised} of them known from their session lines only: their pre-greeting lines were held back by a rejection summary)"
+        );
+    }
     for (name, value) in [
         ("p50", p.p50),
         ("p90", p.p90),
@@ -116,7 +123,7 @@ fn what_if(a: &Analysis, candidates_ms: &[u64]) -> String {
             "delay total and median: the waits of the clients that behaved and stay (paused ones wait the\n\
              whole pause, unpaused ones nothing); lost: paused clients that sent nothing and hung up sooner.\n\
              Session lines: {} ({} paused and behaved, {} not paused, {} early talkers counted once, by\n\
-             their pre-greeting lines)",
+             their pre-greeting lines when logged)",
             sessions.total(),
             sessions.paused,
             sessions.unpaused,

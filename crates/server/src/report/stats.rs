@@ -11,10 +11,14 @@
 //!   from our syslog detail line with the same queue id, else from our `session closed:` line
 //!   with the same queue id (`first_input`), else it is the line's whole seconds;
 //! - a `session closed:` line whose client talked before its pause (`pause > 0 &&
-//!   first_input < pause`) is that same early talker, so it adds nothing else (if its
-//!   pre-greeting line is not in the input, the client is not counted at all, as in the
-//!   histogram); every other session line is a client that behaved, which the what-if's
-//!   delay columns are about.
+//!   first_input < pause`) is that same early talker, so it adds nothing else; unless no
+//!   pre-greeting line with its queue id came before it: the rejection summaries
+//!   (`[log] summary_after`) hold back a flooding client's lines after its first few, and
+//!   the session line, always written, is then the only trace of that talker. It is counted
+//!   from the session line (its `first_input`, in the histogram rounded half up as Sendmail
+//!   rounds) and shown apart ([`Analysis::from_sessions`]);
+//! - every other session line is a client that behaved, which the what-if's delay columns
+//!   are about.
 //!
 //! Invariants (every map is bounded): histogram keys are at most
 //! [`MAX_DELAY_SECS`](super::parse::MAX_DELAY_SECS), delay keys at most
@@ -22,7 +26,7 @@
 //! [`MAX_PENDING`] early talkers wait for their detail or session line; the oldest is settled
 //! with what is known when a new one would pass the bound.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::parse::{Parsed, Session};
 
@@ -32,6 +36,11 @@ pub const MAX_CANDIDATE_MS: u64 = 300_000;
 
 /// Early talkers waiting for the line that gives their milliseconds.
 pub const MAX_PENDING: usize = 65_536;
+
+/// Sendmail's "after N seconds": whole seconds, rounded half up.
+fn sendmail_seconds(ms: u64) -> u64 {
+    (ms + 500) / 1000
+}
 
 /// An early talker whose milliseconds may still come.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +66,12 @@ pub struct Analysis {
     order: VecDeque<(Vec<u8>, u64)>,
     seq: u64,
     sessions: Sessions,
+    /// Queue ids of the latest pre-greeting lines (at most [`MAX_PENDING`], oldest
+    /// forgotten first), so a session line can tell whether its talker was counted.
+    seen: HashSet<Vec<u8>>,
+    seen_order: VecDeque<Vec<u8>>,
+    /// Early talkers known only from their session lines (pre-greeting line summarised).
+    from_sessions: u64,
 }
 
 /// The session lines, tallied.
@@ -148,6 +163,9 @@ impl Analysis {
 
     fn pregreet(&mut self, qid: Option<&[u8]>, seconds: u64, waited_ms: Option<u64>) {
         *self.seconds.entry(seconds).or_default() += 1;
+        if let Some(qid) = qid {
+            self.remember(qid);
+        }
         // Only a talker with a queue id and no milliseconds yet waits for a later line.
         let (Some(qid), None) = (qid, waited_ms) else {
             return self.record(seconds, waited_ms);
@@ -169,6 +187,20 @@ impl Analysis {
             self.order
                 .retain(|(q, s)| pending.get(q).is_some_and(|p| p.seq == *s));
         }
+    }
+
+    /// Notes that `qid`'s pre-greeting line was read (bounded: the oldest goes first).
+    fn remember(&mut self, qid: &[u8]) {
+        if self.seen.contains(qid) {
+            return;
+        }
+        if self.seen.len() >= MAX_PENDING
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(qid.to_vec());
+        self.seen_order.push_back(qid.to_vec());
     }
 
     fn settle_oldest(&mut self) {
@@ -210,8 +242,16 @@ impl Analysis {
         }
         if s.early_talker() {
             t.early += 1;
-            if let (Some(qid), Some(ms)) = (s.qid, s.first_input_ms) {
-                self.settle(qid, Some(ms));
+            let counted = s.qid.is_some_and(|q| self.seen.contains(q));
+            match (s.qid, s.first_input_ms) {
+                (Some(qid), Some(ms)) if counted => self.settle(qid, Some(ms)),
+                (_, Some(ms)) if !counted => {
+                    // Its pre-greeting line was held back by a rejection summary.
+                    self.from_sessions += 1;
+                    *self.seconds.entry(sendmail_seconds(ms)).or_default() += 1;
+                    self.record(0, Some(ms));
+                }
+                _ => {}
             }
             return;
         }
@@ -242,6 +282,12 @@ impl Analysis {
             self.timed_ms,
             self.timed_whole,
         )
+    }
+
+    /// Early talkers counted from their session lines alone (their pre-greeting lines were
+    /// held back by a rejection summary); included in [`Analysis::early_talkers`].
+    pub fn from_sessions(&self) -> u64 {
+        self.from_sessions
     }
 
     /// The session lines' tallies.
@@ -378,6 +424,33 @@ mod tests {
         assert_eq!(hist, [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
         assert_eq!(a.sessions().early, 1);
         assert_eq!(a.sessions().paused, 0);
+    }
+
+    #[test]
+    fn a_talker_whose_pregreet_line_was_summarised_counts_from_its_session_line() {
+        let a = analyse(&[
+            // Logged in full: the pregreet line, its detail, its session line.
+            talker(Some("A"), 0, None),
+            Parsed::Detail {
+                qid: b"A",
+                waited_ms: 120,
+            },
+            session(Some("A"), 1000, Some(120), 130),
+            // Held back by a rejection summary: only the session lines remain.
+            session(Some("B"), 1000, Some(450), 460),
+            session(Some("C"), 1000, Some(700), 710),
+            // A client that behaved.
+            session(Some("D"), 1000, Some(1003), 2000),
+        ]);
+        assert_eq!(a.early_talkers(), (3, 3, 0));
+        assert_eq!(a.from_sessions(), 2);
+        // 450 ms rounds to 0 s and 700 ms to 1 s, as Sendmail's "after N seconds" does.
+        let hist: Vec<_> = a.histogram().collect();
+        assert_eq!(hist, [(0, 2), (1, 1)]);
+        let delays: Vec<_> = a.delays.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(delays, [(120, 1), (450, 1), (700, 1)]);
+        assert_eq!(a.sessions().early, 3);
+        assert_eq!(a.sessions().paused, 1);
     }
 
     #[test]

@@ -331,3 +331,55 @@ fn exit_codes() {
     // --help is not an error.
     assert_eq!(report(&["--help"]).code, Some(0));
 }
+
+/// The real server's own log, with the default rejection summaries holding back a flooding
+/// client's pre-greeting lines: the report still counts every early talker, from the session
+/// lines the summaries never hold back.
+#[test]
+fn a_live_servers_log_counts_talkers_whose_lines_were_summarised() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let server = support::Server::start(
+        "[greet_pause]\ndefault = \"1s\"\npass_ttl = \"0s\"\n\n[log]\nsummary_after = 2\n",
+    );
+    let slammer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    for _ in 0..5 {
+        let mut c = support::Smtp::connect_from(server.addr(), slammer);
+        c.send_raw(b"EHLO slam.example\r\n");
+        assert_eq!(c.read_reply().0, 554);
+        c.cmd("QUIT");
+    }
+    let mut polite =
+        support::Smtp::connect_from(server.addr(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    polite.greet_ehlo("polite.example");
+    polite.cmd("QUIT");
+    assert!(server.wait_log_count("session closed:", 6, LIMIT));
+    let log = server.log();
+    assert_eq!(
+        log.matches("pre-greeting traffic after").count(),
+        2,
+        "{log}"
+    );
+    let path = server.dir().join("copy.log");
+    std::fs::write(&path, &log).unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["report", "greet-pause"])
+            .arg(&path),
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("     0\t(     5)\t#####\n"), "{stdout}");
+    assert!(
+        stdout.contains("Early talkers: 5 (5 timed to the millisecond"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(3 of them known from their session lines only"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Session lines: 6 (1 paused and behaved"),
+        "{stdout}"
+    );
+}

@@ -625,10 +625,14 @@ fn counting_peer(
                         "QUIT" => b"221 bye\r\n",
                         _ => b"250 ok\r\n",
                     };
-                    let _ = w.write_all(reply);
                     if verb == "QUIT" {
-                        break;
+                        // Counted out before the 221: once the server has it, it may open
+                        // the next session at once, and this thread may not have run yet.
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        let _ = w.write_all(reply);
+                        return;
                     }
+                    let _ = w.write_all(reply);
                 }
                 open.fetch_sub(1, Ordering::SeqCst);
             });

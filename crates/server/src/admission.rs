@@ -29,9 +29,17 @@ use crate::telemetry::Event;
 pub struct Ticket {
     _client: Option<ConnGuard>,
     _session: Option<SessionSlot>,
+    /// Its admission line was held back by a rejection summary.
+    held_back: bool,
 }
 
 impl Ticket {
+    /// The connection's admission line was held back by a rejection summary (so is its
+    /// `session closed:` line).
+    pub fn held_back(&self) -> bool {
+        self.held_back
+    }
+
     /// The ticket holding `slot` too.
     pub fn with_slot(self, slot: SessionSlot) -> Self {
         Self {
@@ -59,9 +67,10 @@ pub fn check_client(shared: &Shared, rt: &Runtime, peer: IpAddr) -> (Ticket, Ent
     let key = ClientKey::new(peer, limits.client_ipv4_prefix, limits.client_ipv6_prefix);
     let counter: Arc<dyn Anvil> = shared.anvil.clone();
     let (counts, guard) = anvil::open(&counter, key, clock::epoch_secs());
-    let ticket = Ticket {
+    let mut ticket = Ticket {
         _client: Some(guard),
         _session: None,
+        held_back: false,
     };
     let client = client_limits(&rt.access, peer);
     let Some(refusal) = judge(&client, counts) else {
@@ -86,7 +95,7 @@ pub fn check_client(shared: &Shared, rt: &Runtime, peer: IpAddr) -> (Ticket, Ent
     let entry = limit.map_or_else(String::new, |l| {
         format!("{}:{}", rt.access.source(), l.line)
     });
-    shared.telemetry.emit(Event::ClientLimited {
+    ticket.held_back = !shared.telemetry.emit(Event::ClientLimited {
         host: &host,
         client: peer,
         addr: &peer.to_string(),

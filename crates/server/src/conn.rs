@@ -112,6 +112,7 @@ where
         delay_trigger: None,
         checks: SessionChecks::default(),
         client_relays: false,
+        held_back: ticket.held_back(),
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
@@ -170,6 +171,7 @@ where
         first_input: first_input.map(|at| at.saturating_duration_since(started)),
         duration: clock::now().saturating_duration_since(started),
         messages: session.stats().messages,
+        held_back: driver.held_back,
     });
 }
 
@@ -245,6 +247,8 @@ struct Driver {
     checks: SessionChecks,
     /// The client may relay to any domain (`[relay] networks`, `Connect:<client> RELAY`).
     client_relays: bool,
+    /// A rejection line of this session was held back by a rejection summary.
+    held_back: bool,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -389,7 +393,7 @@ impl Driver {
         }
         let text = finding.log_text(&self.relay);
         let entry = format!("{}:{}", self.rt.access.source(), finding.line);
-        self.shared.telemetry.emit(Event::AccessCheck {
+        self.held_back |= !self.shared.telemetry.emit(Event::AccessCheck {
             qid,
             client: self.peer,
             text: &text,
@@ -492,7 +496,7 @@ impl Driver {
         let qid = self.shared.ids.next(clock::unix_secs());
         // Sendmail's later lines about the session (a stuffed HELO) carry the same id.
         self.log_id = Some(qid.as_str().to_owned());
-        self.shared.telemetry.emit(Event::Pregreet {
+        self.held_back |= !self.shared.telemetry.emit(Event::Pregreet {
             qid: qid.as_str(),
             relay: &self.relay,
             client: self.peer,
@@ -535,7 +539,7 @@ impl Driver {
                     let verdict = self.rt.policy.recipients.verdict(class, recipient);
                     if let Verdict::Reject(reply) = &verdict {
                         let qid = self.log_id(session);
-                        self.shared.telemetry.emit(Event::RecipientRefused {
+                        self.held_back |= !self.shared.telemetry.emit(Event::RecipientRefused {
                             qid: &qid,
                             relay: &self.relay,
                             client: self.peer,
@@ -697,7 +701,7 @@ impl Driver {
             // not issue MAIL" line after this one.
             self.quiet_end = true;
         }
-        self.shared.telemetry.emit(Event::SessionDefence {
+        self.held_back |= !self.shared.telemetry.emit(Event::SessionDefence {
             qid: qid.as_deref(),
             relay: &self.relay,
             client: self.peer,
@@ -758,8 +762,12 @@ impl Driver {
                     });
                 }
             }
-            Note::DataTimeout => t.emit(Event::DataTimeout { qid, relay }),
-            Note::CommitTimeout => t.emit(Event::CommitTimeout { qid, relay }),
+            Note::DataTimeout => {
+                t.emit(Event::DataTimeout { qid, relay });
+            }
+            Note::CommitTimeout => {
+                t.emit(Event::CommitTimeout { qid, relay });
+            }
             Note::ClientClosed { in_data } => {
                 if qid.is_some() {
                     t.emit(Event::LostInput {

@@ -415,6 +415,7 @@ mod tests {
             first_input: Some(Duration::from_millis(1200)),
             duration: Duration::from_millis(2500),
             messages: 1,
+            held_back: false,
         });
         m.observe(&Event::SessionClosed {
             qid: "Q",
@@ -423,6 +424,7 @@ mod tests {
             first_input: None,
             duration: Duration::from_millis(20),
             messages: 0,
+            held_back: true,
         });
         let text = m.render(&live());
         assert_eq!(sample(&text, "portcullis_sessions_closed_total"), Some(2.0));

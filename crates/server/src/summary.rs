@@ -364,6 +364,9 @@ impl Summaries {
     /// Whether `event` is to be logged in full: always for an event that is not a
     /// per-client rejection, and for a rejection within its client's first `after`.
     pub fn admit(&self, event: &Event<'_>) -> bool {
+        if let Event::SessionClosed { held_back, .. } = event {
+            return !held_back;
+        }
         let Some((defence, client)) = subject(event) else {
             return true;
         };

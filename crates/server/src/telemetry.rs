@@ -136,6 +136,10 @@ pub enum Event<'a> {
         first_input: Option<std::time::Duration>,
         duration: std::time::Duration,
         messages: u32,
+        /// One of the session's rejection lines was held back by a rejection summary: this
+        /// line is held back with it (counted in metrics, not written), so a flood costs one
+        /// summary line per interval, not one line per connection.
+        held_back: bool,
     },
     /// The client went away inside a transaction.
     LostInput {
@@ -460,6 +464,7 @@ impl Event<'_> {
                 first_input,
                 duration,
                 messages,
+                ..
             } => r(
                 "smtp_session_closed",
                 Info,
@@ -1091,20 +1096,22 @@ impl Telemetry {
         &self.summaries
     }
 
-    /// Records one event.
-    pub fn emit(&self, event: Event<'_>) {
+    /// Records one event. False when its line was held back by a rejection summary (the
+    /// session then keeps its own `session closed:` line back too).
+    pub fn emit(&self, event: Event<'_>) -> bool {
         // metrics count every event, logged or not
         self.metrics.observe(&event);
         // A rejection past its client's first `log.summary_after` is only counted, and not
         // even rendered: under a flood that is the point. Its detail line goes with it.
         if !self.summaries.admit(&event) {
-            return;
+            return false;
         }
         let record = event.render();
         self.write(&record);
         if self.format == LogFormat::Syslog && record.detail {
             self.write(&record.detail_record());
         }
+        true
     }
 
     fn write(&self, record: &Record) {

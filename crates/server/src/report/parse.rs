@@ -1,6 +1,6 @@
 //! Parsing one matching log line of the greet-pause report into a [`Parsed`] value.
 //!
-//! Role: the scanner ([`super::scan`]) finds a line by one of three phrases ([`Kind`]) and
+//! Role: the scanner ([`super::scan`]) finds a line by one of four phrases ([`Kind`]) and
 //! hands it here with the phrase's offset; this module reads the numbers and the queue id.
 //! Four shapes are known:
 //! - Sendmail 8.14+ and ours: `<qid>: rejecting commands from <relay> due to pre-greeting
@@ -54,11 +54,13 @@ pub enum Kind {
     Detail,
     /// `session closed: relay=`
     Session,
+    /// ` more rejections not logged` (a rejection summary)
+    Summary,
 }
 
 impl Kind {
     /// Every kind, in the scanner's order.
-    pub const ALL: [Self; 3] = [Self::Pregreet, Self::Detail, Self::Session];
+    pub const ALL: [Self; 4] = [Self::Pregreet, Self::Detail, Self::Session, Self::Summary];
 
     /// The phrase that finds a line of this kind.
     pub fn needle(self) -> &'static [u8] {
@@ -66,6 +68,7 @@ impl Kind {
             Self::Pregreet => b"pre-greeting traffic",
             Self::Detail => b"greet_pause_pregreet detail: ",
             Self::Session => b"session closed: relay=",
+            Self::Summary => b" more rejections not logged",
         }
     }
 }
@@ -86,6 +89,11 @@ pub enum Parsed<'a> {
     Detail { qid: &'a [u8], waited_ms: u64 },
     /// Our end-of-session line.
     Session(Session<'a>),
+    /// Our rejection summary for `greet_pause`: early talkers whose lines (pre-greeting,
+    /// detail and session) were held back, counted but not timed.
+    HeldBack(u64),
+    /// A rejection summary of another defence (nothing for this report).
+    OtherSummary,
 }
 
 /// The numbers of a `session closed:` line.
@@ -120,6 +128,25 @@ pub fn parse(kind: Kind, line: &[u8], at: usize) -> Result<Parsed<'_>, Bad> {
         Kind::Pregreet => pregreet(line, head, rest),
         Kind::Detail => detail(head, rest),
         Kind::Session => session(line, head, rest).map(Parsed::Session),
+        Kind::Summary => summary(head),
+    }
+}
+
+/// `greet_pause: N more rejections not logged in the last ...`: the text before the phrase
+/// ends with `<defence>: <N>`.
+fn summary(head: &[u8]) -> Result<Parsed<'_>, Bad> {
+    let digits = head.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (before, n) = head.split_at(head.len() - digits);
+    let n: u64 = std::str::from_utf8(n)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or("summary without a count")?;
+    if before.ends_with(b" greet_pause: ") || before.ends_with(b"\"greet_pause: ") {
+        Ok(Parsed::HeldBack(n))
+    } else if before.ends_with(b": ") {
+        Ok(Parsed::OtherSummary)
+    } else {
+        Err("summary without a defence")
     }
 }
 

@@ -62,6 +62,13 @@ fn percentiles(a: &Analysis) -> String {
     };
     let mut out =
         format!("Early talkers: {all} ({ms} timed to the millisecond, {whole} in whole seconds)\n");
+    let held_back = a.held_back();
+    if held_back > 0 {
+        let _ = writeln!(
+            out,
+            "  (and {held_back} more held back by rejection summaries: counted there, not timed, so not in the\n   histogram, the percentiles or the what-if table; [log] summary_interval = \"0s\" logs every one)"
+        );
+    }
     let summarised = a.from_sessions();
     if summarised > 0 {
         let _ = writeln!(

@@ -48,7 +48,7 @@ impl std::ops::AddAssign for Counts {
 
 /// One input's scanner (line numbers are per input).
 pub struct Scanner {
-    finders: [Finder<'static>; 3],
+    finders: [Finder<'static>; 4],
     /// The partial line at the end of the last chunk.
     carry: Vec<u8>,
     /// The partial line passed [`MAX_LINE`]: its rest is skipped up to the next newline.
@@ -168,10 +168,10 @@ impl Scanner {
         let find = |f: &Finder<'_>, from: usize| {
             region.get(from..).and_then(|r| f.find(r)).map(|i| i + from)
         };
-        let mut next: [Option<usize>; 3] = [0, 1, 2].map(|i| find(&self.finders[i], 0));
+        let mut next: [Option<usize>; 4] = [0, 1, 2, 3].map(|i| find(&self.finders[i], 0));
         let mut counted = 0;
         // The earliest hit is the first phrase of its line.
-        while let Some((i, hit)) = (0..3)
+        while let Some((i, hit)) = (0..4)
             .filter_map(|i| next[i].map(|h| (i, h)))
             .min_by_key(|(_, h)| *h)
         {

@@ -72,6 +72,8 @@ pub struct Analysis {
     seen_order: VecDeque<Vec<u8>>,
     /// Early talkers known only from their session lines (pre-greeting line summarised).
     from_sessions: u64,
+    /// Early talkers a `greet_pause` rejection summary counted without logging them.
+    held_back: u64,
 }
 
 /// The session lines, tallied.
@@ -149,6 +151,8 @@ impl Analysis {
             Parsed::Untimed => self.untimed += 1,
             Parsed::Detail { qid, waited_ms } => self.settle(qid, Some(waited_ms)),
             Parsed::Session(s) => self.session(&s),
+            Parsed::HeldBack(n) => self.held_back = self.held_back.saturating_add(n),
+            Parsed::OtherSummary => {}
         }
     }
 
@@ -288,6 +292,12 @@ impl Analysis {
     /// held back by a rejection summary); included in [`Analysis::early_talkers`].
     pub fn from_sessions(&self) -> u64 {
         self.from_sessions
+    }
+
+    /// Early talkers held back by `greet_pause` rejection summaries: counted, not timed (not
+    /// in the histogram, the percentiles or the what-if table).
+    pub fn held_back(&self) -> u64 {
+        self.held_back
     }
 
     /// The session lines' tallies.

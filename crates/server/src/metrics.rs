@@ -184,16 +184,18 @@ impl Metrics {
         for outcome in ["accepted", "refused"] {
             let _ = self.messages.get_or_create(&[("outcome", outcome)]);
         }
+        // The names come from summary::Defence, as the events' labels do (a literal here
+        // once said "relay" while the events counted "relay_denied").
         for defence in [
-            "greet_pause",
-            "rate_control",
-            "conn_control",
-            "access",
-            "relay",
+            summary::Defence::GreetPause,
+            summary::Defence::RateControl,
+            summary::Defence::ConnControl,
+            summary::Defence::Access,
+            summary::Defence::RelayDenied,
         ] {
             let _ = self
                 .defence_findings
-                .get_or_create(&[("defence", defence), ("outcome", "rejected")]);
+                .get_or_create(&[("defence", defence.name()), ("outcome", "rejected")]);
         }
     }
 
@@ -390,6 +392,37 @@ mod tests {
         assert_eq!(sample(&text, &le("0.1")), Some(0.0));
         assert_eq!(sample(&text, &le("0.25")), Some(1.0));
         assert_eq!(sample(&text, &le("1.5")), Some(2.0));
+    }
+
+    #[test]
+    fn series_at_zero_from_the_start_use_the_defence_names_events_use() {
+        let m = Metrics::new();
+        let text = m.render(&live());
+        let rejected = |d: &str| {
+            format!("portcullis_defence_findings_total{{defence=\"{d}\",outcome=\"rejected\"}}")
+        };
+        // docs/metrics.md lists these as present at 0 before the first event.
+        for defence in [
+            "greet_pause",
+            "rate_control",
+            "conn_control",
+            "access",
+            "relay_denied",
+        ] {
+            assert_eq!(sample(&text, &rejected(defence)), Some(0.0), "{defence}");
+        }
+        // A refused relay counts in the series that was there at 0, not in a new one.
+        m.observe(&Event::RecipientRefused {
+            qid: "Q",
+            relay: "[192.0.2.1]",
+            client: std::net::IpAddr::from([192, 0, 2, 1]),
+            recipient: "x@elsewhere.example",
+            reply: "550 5.7.1 <x@elsewhere.example>... Relaying denied",
+            relaying: true,
+        });
+        let text = m.render(&live());
+        assert_eq!(sample(&text, &rejected("relay_denied")), Some(1.0));
+        assert!(!text.contains("defence=\"relay\""), "{text}");
     }
 
     #[test]

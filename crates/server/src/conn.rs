@@ -398,6 +398,7 @@ impl Driver {
             client: self.peer,
             text: &text,
             action,
+            discard: matches!(finding.outcome, Outcome::Discard),
             entry: &entry,
         });
         if action == Action::Enforce {

@@ -209,10 +209,9 @@ impl Metrics {
             Event::Pregreet { waited_ms, .. } => {
                 self.pregreet.observe(*waited_ms as f64 / 1000.0);
             }
-            Event::Discarded { .. } => {
-                self.finding("access", "discarded");
-                self.message("discarded");
-            }
+            // The finding was counted by its AccessCheck (once per entry matched); this is
+            // one message thrown away.
+            Event::Discarded { .. } => self.message("discarded"),
             Event::DaemonDeferring { .. } => self.finding("connection_rate_throttle", "delayed"),
             Event::DaemonRefusingLoad { .. } => self.finding("load", "rejected"),
             Event::Delaying { .. } => self.finding("load", "delayed"),
@@ -313,9 +312,12 @@ fn action_outcome(action: Action) -> &'static str {
 /// the defence then does (most refuse; the throttles delay; some close).
 fn finding_outcome(event: &Event<'_>) -> &'static str {
     let (action, enforced) = match event {
-        Event::Pregreet { action, .. }
-        | Event::ClientLimited { action, .. }
-        | Event::AccessCheck { action, .. } => (*action, "rejected"),
+        Event::Pregreet { action, .. } | Event::ClientLimited { action, .. } => {
+            (*action, "rejected")
+        }
+        Event::AccessCheck {
+            action, discard, ..
+        } => (*action, if *discard { "discarded" } else { "rejected" }),
         Event::SessionDefence {
             action, finding, ..
         } => (*action, enforced_session_outcome(finding)),

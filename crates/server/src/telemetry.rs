@@ -295,6 +295,8 @@ pub enum Event<'a> {
         client: IpAddr,
         text: &'a str,
         action: Action,
+        /// The entry discards (`DISCARD`) rather than refuses: its metric outcome.
+        discard: bool,
         /// `file:line` of the entry.
         entry: &'a str,
     },
@@ -767,6 +769,7 @@ impl Event<'_> {
             ),
             Self::AccessCheck {
                 client: _,
+                discard: _,
                 qid,
                 text,
                 action,

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::{Server, Smtp, free_port_v4};
+use support::{Server, Smtp, access_file, free_port_v4};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -178,6 +178,47 @@ fn a_scripted_session_shows_in_every_counter() {
     // No series names a client.
     assert!(!m.contains("127.0.0."), "{m}");
     drop(idle);
+}
+
+#[test]
+fn a_discard_entry_is_one_finding_counted_as_discarded_not_rejected() {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port_v4()));
+    let mut server = Server::start("");
+    let access = access_file(&server, "Connect:127.0.0.7\tDISCARD\n");
+    server.write_config(&format!(
+        "{access}[greet_pause]\ndefault = \"0s\"\n\n[metrics]\nlisten = \"{addr}\"\n"
+    ));
+    server.restart();
+    assert!(server.wait_log(&format!("metrics at http://{addr}/metrics"), WAIT));
+    // One session, one DISCARD finding, two messages accepted and thrown away.
+    let mut c = Smtp::connect_from(server.addr(), local(7));
+    c.greet_ehlo("discarded.example.org");
+    for i in 0..2 {
+        let (code, _) = c.send_message(
+            "a@example.org",
+            &["alice@localhost"],
+            &format!("Subject: {i}\r\n\r\nhi\r\n"),
+        );
+        assert_eq!(code, 250);
+    }
+    c.cmd("QUIT");
+    assert!(server.wait_log_count(": discarded", 2, WAIT));
+    assert!(server.wait_log("session closed:", WAIT));
+    let m = scrape(addr);
+    let finding = |outcome: &str| {
+        value(
+            &m,
+            &format!(
+                "portcullis_defence_findings_total{{defence=\"access\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(finding("discarded"), Some(1.0), "{m}");
+    assert_eq!(finding("rejected"), Some(0.0), "{m}");
+    assert_eq!(
+        get(&m, r#"portcullis_messages_total{outcome="discarded"}"#),
+        2.0
+    );
 }
 
 #[test]

@@ -10,8 +10,10 @@
 //! - its delay in milliseconds comes from the line itself (our JSON `waited_ms` field), else
 //!   from our syslog detail line with the same queue id, else from our `session closed:` line
 //!   with the same queue id (`first_input`), else it is the line's whole seconds;
-//! - a `session closed:` line whose client talked before its pause (`pause > 0 &&
-//!   first_input < pause`) is that same early talker, so it adds nothing else; unless no
+//! - a `session closed:` line with the queue id of a pre-greeting line read before it, or
+//!   whose client talked before its pause (`pause > 0 && first_input < pause`), is that same
+//!   early talker, so it adds nothing else (a client can talk after its pause and still before
+//!   the greeting, which waits for the name lookup); unless no
 //!   pre-greeting line with its queue id came before it: the rejection summaries
 //!   (`[log] summary_after`) hold back a flooding client's lines after its first few, and
 //!   the session line, always written, is then the only trace of that talker. It is counted
@@ -244,9 +246,13 @@ impl Analysis {
             t.min_pause_ms = Some(t.min_pause_ms.map_or(s.pause_ms, |m| m.min(s.pause_ms)));
             t.max_pause_ms = Some(t.max_pause_ms.map_or(s.pause_ms, |m| m.max(s.pause_ms)));
         }
-        if s.early_talker() {
+        // A session whose pre-greeting line was read is that early talker, even when its
+        // first byte came after its pause: the greeting waits for the client's name lookup
+        // (up to dns.timeout), so a client can talk after the pause and still before the
+        // greeting.
+        let counted = s.qid.is_some_and(|q| self.seen.contains(q));
+        if s.early_talker() || counted {
             t.early += 1;
-            let counted = s.qid.is_some_and(|q| self.seen.contains(q));
             match (s.qid, s.first_input_ms) {
                 (Some(qid), Some(ms)) if counted => self.settle(qid, Some(ms)),
                 (_, Some(ms)) if !counted => {
@@ -461,6 +467,27 @@ mod tests {
         assert_eq!(delays, [(120, 1), (450, 1), (700, 1)]);
         assert_eq!(a.sessions().early, 3);
         assert_eq!(a.sessions().paused, 1);
+    }
+
+    #[test]
+    fn a_talker_greeted_late_is_not_also_a_behaved_client() {
+        // Pause 1 s, but the greeting waited for a slow name lookup (up to dns.timeout): the
+        // client talked at 1.5 s, before the greeting, and was logged as an early talker.
+        // Its session line says first_input >= pause; it is still that early talker.
+        let a = analyse(&[
+            talker(Some("T"), 2, None),
+            Parsed::Detail {
+                qid: b"T",
+                waited_ms: 1500,
+            },
+            session(Some("T"), 1000, Some(1500), 1600),
+            session(Some("B"), 1000, Some(1004), 2000),
+        ]);
+        assert_eq!(a.early_talkers(), (1, 1, 0));
+        let s = a.sessions();
+        assert_eq!((s.early, s.paused, s.unpaused), (1, 1, 0));
+        // Only B waits for a candidate pause.
+        assert_eq!(a.what_if(1000).delay.map(|d| d.total_ms), Some(1000));
     }
 
     #[test]

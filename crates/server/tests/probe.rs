@@ -216,3 +216,24 @@ fn a_silent_server_times_out() {
     assert!(err.contains("no reply within 300ms (--timeout)"), "{err}");
     drop(listener);
 }
+
+#[test]
+fn out_of_range_waits_are_usage_errors_not_panics() {
+    // Something to connect to, so a bad wait cannot hide behind a connection error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    for args in [
+        vec!["probe", &addr, "--mode", "early=1e19", "--timeout", "1s"],
+        vec!["probe", &addr, "--timeout", "500000000000years"],
+    ] {
+        let out = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_portcullis")).args(&args),
+            LIMIT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("at most"), "{err}");
+    }
+    drop(listener);
+}

@@ -10,7 +10,8 @@
 //! Must not: connect anywhere but where it is told (HOST is an IP literal, or a name
 //! resolved once through the system resolver: no MX lookup, no scan, one connection); wait
 //! without a bound (every wait is bounded by `--timeout`, default 330 s: Sendmail clamps a
-//! greeting pause at 300 s); hold more than [`MAX_LINE`] bytes of a line or [`MAX_LINES`]
+//! greeting pause at 300 s; `--timeout` and `early=SECS` are at most [`MAX_WAIT`]); hold
+//! more than [`MAX_LINE`] bytes of a line or [`MAX_LINES`]
 //! lines.
 //! Exit status: 0 the probe ran (whatever the verdict), 1 it could not connect or a wait
 //! timed out, 64 usage.
@@ -35,6 +36,10 @@ pub const PAUSE_THRESHOLD: Duration = Duration::from_millis(500);
 
 /// Exit status for a usage error (sysexits EX_USAGE).
 const EX_USAGE: i32 = 64;
+
+/// Longest `--timeout` and `early=SECS`: far past Sendmail's 300 s clamp, and small enough
+/// that no deadline computed from them can overflow an `Instant` (which panics).
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Arguments of `portcullis probe`.
 #[derive(Debug, Args)]
@@ -75,11 +80,18 @@ impl Mode {
                 let secs = other
                     .strip_prefix("early=")
                     .ok_or_else(|| format!("--mode {other:?}: use polite, slam or early=SECS"))?;
-                secs.parse::<f64>()
+                let wait = secs
+                    .parse::<f64>()
                     .ok()
                     .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                    .map(Self::Early)
-                    .ok_or_else(|| format!("--mode {other:?}: SECS must be a number of seconds"))
+                    .ok_or_else(|| format!("--mode {other:?}: SECS must be a number of seconds"))?;
+                if wait > MAX_WAIT {
+                    return Err(format!(
+                        "--mode {other:?}: SECS must be at most {} (a day)",
+                        MAX_WAIT.as_secs()
+                    ));
+                }
+                Ok(Self::Early(wait))
             }
         }
     }
@@ -195,6 +207,14 @@ pub fn run(args: &ProbeArgs) -> i32 {
             return EX_USAGE;
         }
     };
+    if args.timeout > MAX_WAIT {
+        eprintln!(
+            "portcullis probe: --timeout {} is too long: at most {}",
+            humantime::format_duration(args.timeout),
+            humantime::format_duration(MAX_WAIT)
+        );
+        return EX_USAGE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -572,7 +592,16 @@ mod tests {
         assert_eq!(Mode::parse("polite"), Ok(Mode::Polite));
         assert_eq!(Mode::parse("slam"), Ok(Mode::Slam));
         assert_eq!(Mode::parse("early=2.5"), Ok(Mode::Early(ms(2500))));
-        for bad in ["early=", "early=-1", "early=x", "loud", "early=1e400"] {
+        assert_eq!(Mode::parse("early=86400"), Ok(Mode::Early(MAX_WAIT)));
+        for bad in [
+            "early=",
+            "early=-1",
+            "early=x",
+            "loud",
+            "early=1e400",
+            "early=86400.5",
+            "early=1e19",
+        ] {
             assert!(Mode::parse(bad).is_err(), "{bad}");
         }
         let text = t(&[(0, sent("EHLO p")), (1, got("554 x")), (2, Step::Closed)]).render();

@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -236,4 +237,35 @@ fn out_of_range_waits_are_usage_errors_not_panics() {
         assert!(err.contains("at most"), "{err}");
     }
     drop(listener);
+}
+
+#[test]
+fn a_reply_dribbled_slower_than_the_timeout_is_cut_off() {
+    // A server whose greeting comes one byte every 100 ms: each read is quick, the reply as
+    // a whole takes 3 s. --timeout bounds each reply, not each read.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        for b in b"220 dribbling.example ESMTP slowly slowly\r\n" {
+            if s.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_portcullis")).args([
+            "probe",
+            &addr.to_string(),
+            "--timeout",
+            "1s",
+        ]),
+        LIMIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}{err}", stdout(&out));
+    assert!(err.contains("no reply within 1s (--timeout)"), "{err}");
+    assert!(!stdout(&out).contains("verdict"));
+    server.join().unwrap();
 }

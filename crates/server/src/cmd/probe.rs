@@ -9,9 +9,9 @@
 //! ([`verdict`], sans-IO, from the transcript alone).
 //! Must not: connect anywhere but where it is told (HOST is an IP literal, or a name
 //! resolved once through the system resolver: no MX lookup, no scan, one connection); wait
-//! without a bound (every wait is bounded by `--timeout`, default 330 s: Sendmail clamps a
-//! greeting pause at 300 s; `--timeout` and `early=SECS` are at most [`MAX_WAIT`]); hold
-//! more than [`MAX_LINE`] bytes of a line or [`MAX_LINES`]
+//! without a bound (connecting and each whole reply are bounded by `--timeout`, default
+//! 330 s: Sendmail clamps a greeting pause at 300 s; `--timeout` and `early=SECS` are at most
+//! [`MAX_WAIT`]); hold more than [`MAX_LINE`] bytes of a line or [`MAX_LINES`]
 //! lines.
 //! Exit status: 0 the probe ran (whatever the verdict), 1 it could not connect or a wait
 //! timed out, 64 usage.
@@ -426,12 +426,19 @@ impl Session {
             .map_err(|e| format!("sending {line:?}: {e}"))
     }
 
-    /// Reads one reply (lines up to one whose code is followed by a space). With `until`,
-    /// gives up quietly at that instant if nothing at all has arrived (early mode).
+    /// Reads one reply (lines up to one whose code is followed by a space), all of it within
+    /// `--timeout` (a server that dribbles its reply a byte at a time is cut off too). With
+    /// `until`, gives up quietly at that instant if nothing at all has arrived (early mode).
     async fn reply(&mut self, until: Option<Instant>) -> Result<Read, String> {
         let mut first = true;
+        // Early mode's wait comes first; the reply's own bound starts when it is over.
+        let now = clock::now();
+        let deadline = until.map_or(now, |t| t.max(now)) + self.timeout;
         loop {
-            let line = match self.read_line(if first { until } else { None }).await? {
+            let line = match self
+                .read_line(if first { until } else { None }, deadline)
+                .await?
+            {
                 Some(Some(line)) => line,
                 Some(None) => return Ok(Read::Closed),
                 None => return Ok(Read::Waited),
@@ -444,11 +451,12 @@ impl Session {
         }
     }
 
-    /// One line into the transcript, timed at its first byte. `Some(None)`: closed;
-    /// `None`: `until` passed first with nothing read.
+    /// One line into the transcript, timed at its first byte, by `deadline` (the reply's).
+    /// `Some(None)`: closed; `None`: `until` passed first with nothing read.
     async fn read_line(
         &mut self,
         until: Option<Instant>,
+        deadline: Instant,
     ) -> Result<Option<Option<String>>, String> {
         if self.lines >= MAX_LINES {
             return Err(format!(
@@ -473,7 +481,7 @@ impl Session {
             }
             let deadline = match until {
                 Some(t) if first_byte.is_none() => tokio::time::Instant::from_std(t),
-                _ => tokio::time::Instant::from_std(clock::now() + self.timeout),
+                _ => tokio::time::Instant::from_std(deadline),
             };
             let mut chunk = [0u8; 512];
             let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;

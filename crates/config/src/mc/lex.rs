@@ -10,7 +10,7 @@
 //! followed at once by `(` is a call whose arguments are split at top-level commas, with the
 //! leading unquoted white space of each argument dropped (trailing white space is kept, as
 //! m4 keeps it); `#` starts a comment up to the end of the line. Every collection is bounded
-//! ([`MAX_ARGS`], [`MAX_CALL_CHARS`], [`MAX_STRAY_CHARS`]).
+//! ([`MAX_ARGS`], [`MAX_CALL_CHARS`], [`MAX_STRAY_CHARS`], [`MAX_ITEMS`]).
 
 /// Arguments kept per call; m4 has no limit, but no Sendmail macro takes more than a few.
 pub(crate) const MAX_ARGS: usize = 32;
@@ -18,6 +18,10 @@ pub(crate) const MAX_ARGS: usize = 32;
 pub(crate) const MAX_CALL_CHARS: usize = 64 * 1024;
 /// Characters of not-understood text kept per line (the rest is cut with `...`).
 pub(crate) const MAX_STRAY_CHARS: usize = 200;
+/// Items (macro calls, lines of other text) read before the input is refused as not a
+/// `.mc`: each becomes a diagnostic and a TOML comment too, so this bounds the whole
+/// translation's memory (a real `.mc` has a few dozen).
+pub(crate) const MAX_ITEMS: usize = 10_000;
 
 /// One macro call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +72,11 @@ pub(crate) fn items(src: &str) -> (Vec<Item>, Option<LexError>) {
         stray: None,
         gap: false,
         out: Vec::new(),
+        overflow: None,
     };
     let error = lexer.run().err();
     lexer.flush_stray();
+    let error = error.or_else(|| lexer.overflow.map(too_many));
     (lexer.out, error)
 }
 
@@ -83,6 +89,8 @@ struct Lexer {
     /// White space was skipped since the last stray text (to show words apart).
     gap: bool,
     out: Vec<Item>,
+    /// The line of the first item past [`MAX_ITEMS`] (not kept): reading stops there.
+    overflow: Option<usize>,
 }
 
 impl Lexer {
@@ -101,6 +109,9 @@ impl Lexer {
 
     fn run(&mut self) -> Result<(), LexError> {
         while let Some(c) = self.peek() {
+            if let Some(line) = self.overflow {
+                return Err(too_many(line));
+            }
             match c {
                 '`' => {
                     let line = self.line;
@@ -188,7 +199,7 @@ impl Lexer {
         if self.peek() == Some('(') {
             let args = self.args(&name, line)?;
             let text = one_line(&self.chars[start..self.pos]);
-            self.out.push(Item::Call(Call {
+            self.push(Item::Call(Call {
                 name,
                 args,
                 parens: true,
@@ -196,7 +207,7 @@ impl Lexer {
                 text,
             }));
         } else if is_bare_macro(&name) {
-            self.out.push(Item::Call(Call {
+            self.push(Item::Call(Call {
                 text: name.clone(),
                 name,
                 args: Vec::new(),
@@ -221,7 +232,7 @@ impl Lexer {
         let rest = one_line(&self.chars[start..self.pos]);
         let rest = rest.trim();
         if looks_like_call(rest) {
-            self.out.push(Item::AfterDnl {
+            self.push(Item::AfterDnl {
                 line,
                 text: rest.to_owned(),
             });
@@ -338,8 +349,31 @@ impl Lexer {
 
     fn flush_stray(&mut self) {
         if let Some((line, text)) = self.stray.take() {
-            self.out.push(Item::Stray { line, text });
+            self.push(Item::Stray { line, text });
         }
+    }
+
+    /// Keeps `item`, up to [`MAX_ITEMS`]; past that notes where reading must stop.
+    fn push(&mut self, item: Item) {
+        if self.out.len() < MAX_ITEMS {
+            self.out.push(item);
+        } else if self.overflow.is_none() {
+            self.overflow = Some(match item {
+                Item::Call(c) => c.line,
+                Item::Stray { line, .. } | Item::AfterDnl { line, .. } => line,
+            });
+        }
+    }
+}
+
+/// The error for an input past [`MAX_ITEMS`], at the line of the first item not kept.
+fn too_many(line: usize) -> LexError {
+    LexError {
+        line,
+        message: format!(
+            "more than {MAX_ITEMS} macro calls and lines of other text: not a sendmail.mc (one \
+             has a few dozen)"
+        ),
     }
 }
 
@@ -546,6 +580,20 @@ mod tests {
             assert_eq!(err.line, line, "{src:?}");
             assert!(err.message.starts_with(message), "{src:?}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn statements_are_bounded() {
+        // Each line of junk is an item, a diagnostic and a TOML comment: without a bound, a
+        // 4 MiB file of "a\n" held half a GiB.
+        let (items, err) = lexed(&"a\n".repeat(MAX_ITEMS + 10));
+        assert_eq!(items.len(), MAX_ITEMS);
+        let err = err.expect("an error past the bound");
+        assert_eq!(err.line, MAX_ITEMS + 1);
+        assert!(err.message.contains("more than"), "{}", err.message);
+        // A real .mc is far below it.
+        let (items, err) = lexed(&"FEATURE(`x')dnl\n".repeat(MAX_ITEMS));
+        assert_eq!((items.len(), err), (MAX_ITEMS, None));
     }
 
     #[test]

@@ -49,9 +49,11 @@ pub(crate) fn config(
     let limits = admission::limits(&raw.limits, report);
     let local = local::local(&raw.local, report);
     let routes = relay::routes(&raw.route, &local.domains, report);
+    let server = server(&raw.server, report, system_hostname);
+    let metrics = metrics(&raw.metrics, &server.listen, report);
     Config {
         origin: report.file().to_owned(),
-        server: server(&raw.server, report, system_hostname),
+        server,
         smtp: smtp(&raw.smtp, report),
         local,
         timeouts: timeouts::timeouts(&raw.timeouts, report),
@@ -66,13 +68,15 @@ pub(crate) fn config(
         load: load::load(&raw.load, limits.max_sessions, cpus, report),
         relay: relay::relay(&raw.relay, report),
         routes,
-        metrics: metrics(&raw.metrics, report),
+        metrics,
     }
 }
 
-/// `[metrics] listen`: one address, like `server.listen`'s. The endpoint has no
-/// authentication, so an address other machines can reach gets a warning.
-fn metrics(raw: &RawMetrics, report: &mut Report<'_>) -> MetricsConfig {
+/// `[metrics] listen`: one address, like `server.listen`'s, and not one the SMTP listeners
+/// take (the same address, or a wildcard of the same family on the same port: the second
+/// bind fails at start). The endpoint has no authentication, so an address other machines
+/// can reach gets a warning.
+fn metrics(raw: &RawMetrics, smtp: &[SocketAddr], report: &mut Report<'_>) -> MetricsConfig {
     let Some(text) = &raw.listen else {
         return MetricsConfig::default();
     };
@@ -88,6 +92,23 @@ fn metrics(raw: &RawMetrics, report: &mut Report<'_>) -> MetricsConfig {
         );
         return MetricsConfig::default();
     };
+    let overlaps = |other: &SocketAddr| {
+        other.port() == addr.port()
+            && other.is_ipv4() == addr.is_ipv4()
+            && (other.ip() == addr.ip()
+                || other.ip().is_unspecified()
+                || addr.ip().is_unspecified())
+    };
+    if let Some(taken) = smtp.iter().find(|a| overlaps(a)) {
+        report.error(
+            span,
+            format!(
+                "`metrics.listen` {addr} is also in `server.listen` ({taken}): the server \
+                 could not bind both; give /metrics a port of its own"
+            ),
+        );
+        return MetricsConfig::default();
+    }
     if !addr.ip().is_loopback() {
         report.warning(
             span,

@@ -1435,3 +1435,39 @@ fn summary_bad_values_at_their_lines() {
     ];
     assert_one_error_each(table);
 }
+
+#[test]
+fn metrics_listen_on_a_server_listen_address_is_an_error() {
+    let config = |metrics: &str, server: &str| {
+        format!(
+            "[metrics]\nlisten = \"{metrics}\"\n[server]\nhostname = \"mx.example.test\"\n\
+             listen = [\"{server}\"]\n[local]\nusers = [\"a\"]\n"
+        )
+    };
+    // The same address, or one a wildcard of the same family covers: the server could not
+    // bind both, and stopped at its start with no file:line.
+    for (metrics, server) in [
+        ("127.0.0.1:2525", "127.0.0.1:2525"),
+        ("127.0.0.1:2525", "0.0.0.0:2525"),
+        ("0.0.0.0:2525", "127.0.0.1:2525"),
+        ("[::1]:2525", "[::]:2525"),
+    ] {
+        let diags = expect_err(&config(metrics, server));
+        let errs = errors(&diags);
+        assert_eq!(errs.len(), 1, "{metrics} {server}: {diags:#?}");
+        assert_eq!(errs[0].line, 2, "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("also in `server.listen`"),
+            "{}",
+            errs[0].message
+        );
+    }
+    // Another port, or the other family (IPv6 sockets are IPv6-only), is fine.
+    for (metrics, server) in [
+        ("127.0.0.1:9525", "127.0.0.1:2525"),
+        ("[::1]:2525", "0.0.0.0:2525"),
+    ] {
+        let src = config(metrics, server);
+        load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{src:?}: {d:#?}"));
+    }
+}

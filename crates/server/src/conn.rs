@@ -163,6 +163,11 @@ where
             relay: &driver.relay,
         });
     }
+    // A connection admission refused (421 in place of the greeting) had no session for a
+    // pause to delay: no session line (the report would count it as an unpaused client).
+    if matches!(admitted.opening, Opening::Refused(_)) {
+        return;
+    }
     let qid = driver.log_id(&session);
     driver.shared.telemetry.emit(Event::SessionClosed {
         qid: &qid,

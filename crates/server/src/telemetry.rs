@@ -125,9 +125,10 @@ pub enum Event<'a> {
     },
     /// A session ended without MAIL (Sendmail wording).
     NoMailIssued { relay: &'a str },
-    /// Every session that reached the dialogue, at its end: the greeting pause it had, when
-    /// the client first sent something and how long it lasted (no Sendmail line; the
-    /// `report greet-pause` what-if table reads it).
+    /// Every session that reached the dialogue (not a connection admission refused with a 421
+    /// in place of the greeting), at its end: the greeting pause it had, when the client
+    /// first sent something and how long it lasted (no Sendmail line; the `report
+    /// greet-pause` what-if table reads it).
     SessionClosed {
         qid: &'a str,
         relay: &'a str,

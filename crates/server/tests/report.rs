@@ -391,3 +391,51 @@ fn a_live_servers_log_counts_talkers_held_back_by_a_summary() {
         "{stdout}"
     );
 }
+
+/// Connections a `ClientRate:` limit refuses with a 421 before any greeting are not clients
+/// whose delay a pause could change: the report must not count them as clients that were not
+/// paused (under a rate-limited flood they made the what-if's median delay 0 for every
+/// candidate).
+#[test]
+fn a_live_servers_refused_connections_are_not_behaved_clients() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let limited = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+    let server = support::server_with_access(
+        "ClientRate:127.0.0.9\t1\n",
+        "[greet_pause]\ndefault = \"1s\"\npass_ttl = \"0s\"\n",
+    );
+    let mut first = support::Smtp::connect_from(server.addr(), limited);
+    first.greet_ehlo("limited.example");
+    first.cmd("QUIT");
+    for _ in 0..3 {
+        let mut c = support::Smtp::connect_from(server.addr(), limited);
+        let (code, text) = c.read_reply();
+        assert_eq!(code, 421, "{text}");
+    }
+    assert!(server.wait_log_count("Connection rate limit exceeded", 3, LIMIT));
+    // A second client, whose session outlasts the refused ones' ends.
+    let mut other =
+        support::Smtp::connect_from(server.addr(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10)));
+    other.greet_ehlo("other.example");
+    other.cmd("QUIT");
+    assert!(server.wait_log("relay=[127.0.0.10], pause=1000ms", LIMIT));
+    let path = server.dir().join("copy.log");
+    std::fs::write(&path, server.log()).unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["report", "greet-pause", "--pauses", "1"])
+            .arg(&path),
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Session lines: 2 (2 paused and behaved, 0 not paused"),
+        "{stdout}"
+    );
+    // Both behaved clients wait the whole candidate pause: the median is 1 s.
+    assert!(
+        stdout.contains("     1 s           0          -           2 s        1 s         0\n"),
+        "{stdout}"
+    );
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 use portcullis_config::next_hop::{Host, NextHop, Protocol};
 use portcullis_smtp::address::parse_path;
 use portcullis_smtp::client::RcptStatus;
-use portcullis_smtp::client::{ClientConfig, Envelope};
+use portcullis_smtp::client::{ClientConfig, Envelope, StartTls};
 use portcullis_smtp::{ClientPhase, RcptOutcome, Reply, ReversePath};
 use portcullis_spool::StoredMessage;
 use tokio::sync::Semaphore;
@@ -210,6 +210,7 @@ pub async fn deliver(
             let cfg = Arc::new(ClientConfig {
                 helo_name: rt.config.server.hostname.clone(),
                 lmtp,
+                starttls: StartTls::Never,
             });
             let env = &stored.envelope;
             let mut envelope = Envelope::new(

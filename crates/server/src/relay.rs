@@ -367,7 +367,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// The client-side timeouts of one attempt, with Sendmail's defaults (`Timeout.*` of the
 /// client side: `initial` 5m, `helo` 5m, `mail` 10m, `rcpt` 1h, `datainit` 5m, `datablock`
-/// 1h, `datafinal` 1h, `quit` 2m).
+/// 1h, `datafinal` 1h, `quit` 2m), except `starttls`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttemptTimeouts {
     /// Opening the connection (Sendmail's `Timeout.connect`: the kernel's by default; 1m
@@ -377,6 +377,10 @@ pub struct AttemptTimeouts {
     pub initial: Duration,
     /// Waiting for the EHLO/LHLO/HELO reply.
     pub helo: Duration,
+    /// Waiting for the reply to STARTTLS, and then for the TLS handshake (each). 5m,
+    /// Postfix's `smtp_starttls_timeout`: Sendmail's `Timeout.starttls` of 1h would let a
+    /// host that stalls its handshake hold a connection slot for an hour.
+    pub starttls: Duration,
     /// Waiting for the MAIL reply.
     pub mail: Duration,
     /// Waiting for a RCPT reply.
@@ -398,6 +402,7 @@ impl Default for AttemptTimeouts {
             connect: m(1),
             initial: m(5),
             helo: m(5),
+            starttls: m(5),
             mail: m(10),
             rcpt: m(60),
             datainit: m(5),
@@ -414,6 +419,7 @@ impl AttemptTimeouts {
         match phase {
             ClientPhase::Greeting => self.initial,
             ClientPhase::Ehlo => self.helo,
+            ClientPhase::StartTls | ClientPhase::TlsHandshake => self.starttls,
             ClientPhase::Mail => self.mail,
             ClientPhase::Rcpt => self.rcpt,
             ClientPhase::Data => self.datainit,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::relay::{AttemptTimeouts, attempt};
-use portcullis_smtp::{Client, ClientConfig, Envelope, RcptOutcome, RcptStatus};
+use portcullis_smtp::{Client, ClientConfig, Envelope, RcptOutcome, RcptStatus, StartTls};
 use support::peer::{Peer, stored};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 
@@ -19,6 +19,7 @@ fn client(lmtp: bool, recipients: &[&str], size: usize) -> Client {
     let cfg = Arc::new(ClientConfig {
         helo_name: "mx.example.test".into(),
         lmtp,
+        starttls: StartTls::Never,
     });
     let envelope = Envelope::new(
         "alice@example.org".to_owned(),

@@ -13,9 +13,17 @@
 //! others; LMTP reads one reply per accepted recipient after the data (RFC 2033 §4.2); with
 //! PIPELINING offered, MAIL, every RCPT and DATA go out in one batch (RFC 2920 §3.1).
 //!
-//! Must not: read a socket or the clock, log, block, or decide about retries (the queue
-//! does, from the outcomes). TLS is not here yet: [`Client::extensions`] says whether STARTTLS
-//! was offered, for a later step.
+//! STARTTLS (RFC 3207): when the configuration asks for it ([`StartTls`]) and the server
+//! offers it, the client sends `STARTTLS` alone after the EHLO reply; on `220` it raises
+//! [`ClientEvent::StartTls`] and waits while the driver does the handshake, then, told
+//! [`Client::tls_established`], forgets every extension the server announced in plain text
+//! and says EHLO again (§4.2). A refusal (4xx/5xx) or a failed handshake
+//! ([`Client::tls_failed`]) fails the open recipients for now; it never goes on in plain text.
+//! Plain text after the `220` (before the handshake) is a protocol error, never read as a reply
+//! (a man in the middle could inject replies there).
+//!
+//! Must not: read a socket or the clock, log, block, do TLS itself, or decide about retries
+//! (the queue does, from the outcomes).
 //!
 //! Invariants:
 //! - every recipient of the envelope ends with exactly one outcome, in envelope order, at the
@@ -36,204 +44,20 @@ use smtp_proto::response::parser::ResponseReceiver;
 
 use crate::reply::Reply;
 
+mod types;
+mod wire;
+
+pub use types::{
+    ClientConfig, ClientEvent, ClientPhase, Envelope, Extensions, RcptOutcome, RcptStatus,
+    StartTls, TlsState,
+};
+pub use wire::{dot_stuff, end_of_data};
+use wire::{first_word, sendable, to_reply};
+
 /// The most bytes one reply may take on the wire (all its lines, line endings included).
 /// smtp-proto also caps the text of a reply at 4096 bytes; this bounds what its parser
 /// buffers for lines it does not count (e.g. thousands of empty continuation lines).
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
-
-/// Longest remote host name kept for the log.
-const MAX_NAME: usize = 255;
-
-/// Settings of the client, shared by the attempts to one next hop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientConfig {
-    /// Our name, sent with EHLO/LHLO/HELO.
-    pub helo_name: String,
-    /// Speak LMTP (RFC 2033): LHLO, and one reply per accepted recipient after the data.
-    pub lmtp: bool,
-}
-
-/// What one attempt delivers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse-path, without brackets; empty for `<>`.
-    pub sender: String,
-    /// The forward-paths, without brackets.
-    pub recipients: Vec<String>,
-    /// The message size in bytes, declared as `SIZE=` when offered (RFC 1870).
-    pub size: u64,
-    /// The message has 8-bit content: `BODY=8BITMIME` when offered (RFC 6152). When it is not
-    /// offered the message goes as is (what Postfix does by default; no 8→7 bit conversion).
-    pub eight_bit: bool,
-    /// The message needs SMTPUTF8 (RFC 6531). Also implied by a non-ASCII address. When the
-    /// server does not offer it, every recipient fails permanently before MAIL (RFC 6531
-    /// §3.2; no downgrade).
-    pub smtputf8: bool,
-}
-
-impl Envelope {
-    /// An envelope of plain 7-bit mail.
-    pub fn new(sender: impl Into<String>, recipients: Vec<String>, size: u64) -> Self {
-        Self {
-            sender: sender.into(),
-            recipients,
-            size,
-            eight_bit: false,
-            smtputf8: false,
-        }
-    }
-}
-
-/// The service extensions the server announced in its EHLO/LHLO reply (all off after HELO).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// PIPELINING (RFC 2920).
-    pub pipelining: bool,
-    /// SIZE (RFC 1870): `Some(0)` when offered without a limit (or with one we cannot read).
-    pub size: Option<u64>,
-    /// 8BITMIME (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// SMTPUTF8 (RFC 6531).
-    pub smtputf8: bool,
-    /// STARTTLS (RFC 3207).
-    pub starttls: bool,
-    /// ENHANCEDSTATUSCODES (RFC 2034).
-    pub enhanced_status_codes: bool,
-}
-
-impl Extensions {
-    /// Reads the keyword lines of an EHLO reply (every line after the first).
-    fn parse(lines: &[String]) -> Self {
-        let mut ext = Self::default();
-        for line in lines.iter().skip(1) {
-            let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "PIPELINING" => ext.pipelining = true,
-                "SIZE" => {
-                    let limit = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    ext.size = Some(limit);
-                }
-                "8BITMIME" => ext.eight_bit_mime = true,
-                "SMTPUTF8" => ext.smtputf8 = true,
-                "STARTTLS" => ext.starttls = true,
-                "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
-                _ => {}
-            }
-        }
-        ext
-    }
-}
-
-/// Where the dialogue is: the driver picks its timeout from this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClientPhase {
-    /// Waiting for the server's greeting.
-    Greeting,
-    /// Waiting for the reply to EHLO, LHLO or HELO.
-    Ehlo,
-    /// Waiting for the reply to MAIL.
-    Mail,
-    /// Waiting for a reply to RCPT.
-    Rcpt,
-    /// Waiting for the reply to DATA.
-    Data,
-    /// The driver is writing the message ([`ClientEvent::WriteMessage`]).
-    Message,
-    /// Waiting for the reply (LMTP: replies) to the end of data.
-    DataFinal,
-    /// QUIT sent; every outcome is final. Wait briefly for the 221, or just close.
-    Quit,
-    /// Over: flush the output and close.
-    Done,
-}
-
-impl ClientPhase {
-    /// Sendmail's name for the client timeout of this phase (`Timeout.<name>`).
-    pub fn timeout_name(self) -> &'static str {
-        match self {
-            Self::Greeting => "initial",
-            Self::Ehlo => "helo",
-            Self::Mail => "mail",
-            Self::Rcpt => "rcpt",
-            Self::Data => "datainit",
-            Self::Message => "datablock",
-            Self::DataFinal => "datafinal",
-            Self::Quit | Self::Done => "quit",
-        }
-    }
-}
-
-/// What the driver must do besides moving bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// DATA got 354: write the message now, dot-stuffed and terminated ([`dot_stuff`],
-    /// [`end_of_data`]), after the pending output, then call [`Client::message_written`]
-    /// and look at the output and events again (replies held meanwhile are read then).
-    /// Should the client be done before that (a lost connection, a timeout), stop writing.
-    WriteMessage,
-    /// Every recipient has its final outcome ([`Client::outcomes`]); the attempt can be
-    /// recorded now, before the 221 to QUIT arrives.
-    OutcomesFinal,
-}
-
-/// The result for one recipient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RcptStatus {
-    /// The server took responsibility for it (2xx after the data).
-    Delivered,
-    /// Try again later (4xx, or the attempt broke down).
-    TempFail,
-    /// Bounce (5xx).
-    PermFail,
-}
-
-impl RcptStatus {
-    /// The status a reply code stands for: 2xx delivered, 5xx permanent, anything else
-    /// temporary.
-    fn of(code: u16) -> Self {
-        match code / 100 {
-            2 => Self::Delivered,
-            5 => Self::PermFail,
-            _ => Self::TempFail,
-        }
-    }
-}
-
-/// One recipient's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RcptOutcome {
-    /// The forward-path, as in the envelope.
-    pub recipient: String,
-    /// Delivered, or failed for now or for good.
-    pub status: RcptStatus,
-    /// The server's reply (when `remote`), or the client's own account of what went wrong
-    /// (lost connection, timeout, protocol error, size limit), in the same shape.
-    pub reply: Reply,
-    /// `reply` came from the server (a DSN's `Diagnostic-Code: smtp; ...`).
-    pub remote: bool,
-    /// The phase in which the outcome was decided (Postfix's "in reply to RCPT TO command").
-    pub phase: ClientPhase,
-}
-
-impl RcptOutcome {
-    /// The enhanced status code for the log's `dsn=` and the DSN: the reply's own when it
-    /// has one of the right class, else `2.0.0`, `4.0.0` or `5.0.0`.
-    pub fn dsn(&self) -> String {
-        let class = match self.status {
-            RcptStatus::Delivered => '2',
-            RcptStatus::TempFail => '4',
-            RcptStatus::PermFail => '5',
-        };
-        let first = self.reply.lines.first().map(String::as_str).unwrap_or("");
-        match first.split(' ').next() {
-            Some(code) if is_enhanced_code(code) && code.starts_with(class) => code.to_owned(),
-            _ => format!("{class}.0.0"),
-        }
-    }
-}
 
 /// Which greeting command was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +82,10 @@ impl Hello {
 enum Expect {
     Greeting,
     Hello(Hello),
+    /// The reply to STARTTLS.
+    StartTls,
+    /// Not a reply: the driver's TLS handshake.
+    Handshake,
     Mail,
     /// The RCPT of this envelope index.
     Rcpt(usize),
@@ -275,6 +103,8 @@ impl Expect {
         match self {
             Self::Greeting => ClientPhase::Greeting,
             Self::Hello(_) => ClientPhase::Ehlo,
+            Self::StartTls => ClientPhase::StartTls,
+            Self::Handshake => ClientPhase::TlsHandshake,
             Self::Mail => ClientPhase::Mail,
             Self::Rcpt(_) => ClientPhase::Rcpt,
             Self::Data => ClientPhase::Data,
@@ -334,6 +164,7 @@ pub struct Client {
     writing: bool,
     done: bool,
     ext: Extensions,
+    tls: TlsState,
     remote_name: Option<String>,
     receiver: Parser,
     /// Wire bytes of the reply being parsed.
@@ -367,6 +198,7 @@ impl Client {
             writing: false,
             done: false,
             ext: Extensions::default(),
+            tls: TlsState::Plain,
             remote_name: None,
             receiver: Parser(ResponseReceiver::default()),
             reply_bytes: 0,
@@ -402,6 +234,38 @@ impl Client {
     /// The driver's timeout for the current [`Client::phase`] ran out.
     pub fn handle_timeout(&mut self) {
         self.break_down(Breakdown::Timeout);
+    }
+
+    /// The driver's TLS handshake after [`ClientEvent::StartTls`] succeeded: the dialogue
+    /// starts again with EHLO (LHLO), over TLS (RFC 3207 §4.2: what the server announced
+    /// before is forgotten, and read again from the new reply).
+    pub fn tls_established(&mut self) {
+        if self.done || self.expect.front() != Some(&Expect::Handshake) {
+            return;
+        }
+        self.expect.pop_front();
+        self.tls = TlsState::Active;
+        self.ext = Extensions::default();
+        self.receiver = Parser(ResponseReceiver::default());
+        self.reply_bytes = 0;
+        let hello = if self.cfg.lmtp {
+            Hello::Lhlo
+        } else {
+            Hello::Ehlo
+        };
+        self.send_hello(hello);
+    }
+
+    /// The driver's TLS handshake failed (`why`, for the log and the DSN): the open
+    /// recipients fail for now and the client is done (nothing more can be said on a broken
+    /// TLS session, and nothing is said in plain text).
+    pub fn tls_failed(&mut self, why: &str) {
+        if self.done {
+            return;
+        }
+        self.tls = TlsState::Failed(why.to_owned());
+        let text = format!("4.7.5 {}: TLS handshake failed: {why}", self.peer);
+        self.break_off(Reply::new(451, text), ClientPhase::TlsHandshake);
     }
 
     /// The driver has written the whole message, terminator included. Replies that came
@@ -471,9 +335,15 @@ impl Client {
         self.remote_name.as_deref()
     }
 
-    /// The extensions the server offered (none before the EHLO reply, none after HELO).
+    /// The extensions the server offered (none before the EHLO reply, none after HELO;
+    /// after STARTTLS, those of the EHLO over TLS).
     pub fn extensions(&self) -> &Extensions {
         &self.ext
+    }
+
+    /// Where the session stands with TLS.
+    pub fn tls(&self) -> &TlsState {
+        &self.tls
     }
 
     // ----- reading ------------------------------------------------------------------------------
@@ -485,6 +355,13 @@ impl Client {
         while !rest.is_empty() && !self.done {
             if self.writing && !early {
                 return self.hold(rest);
+            }
+            if self.expect.front() == Some(&Expect::Handshake) {
+                // RFC 3207 §5 (and Postfix's check for injected replies): the next bytes must
+                // be the TLS handshake; plain text here is never read as a reply.
+                let why = "plain text after the 220 reply to STARTTLS";
+                self.tls = TlsState::Failed(why.to_owned());
+                return self.protocol_error_in(ClientPhase::TlsHandshake, why);
             }
             // Feed no more than one byte past the reply budget, so the parser never holds
             // more than the budget allows.
@@ -545,6 +422,8 @@ impl Client {
         match expect {
             Expect::Greeting => self.on_greeting(reply),
             Expect::Hello(hello) => self.on_hello(hello, reply),
+            Expect::StartTls => self.on_starttls(reply),
+            Expect::Handshake => self.unexpected(&reply, ClientPhase::TlsHandshake),
             Expect::Mail => self.on_mail(reply),
             Expect::Rcpt(i) => self.on_rcpt(i, reply),
             Expect::Data => self.on_data(reply),
@@ -577,13 +456,59 @@ impl Client {
                 if hello != Hello::Helo {
                     self.ext = Extensions::parse(&reply.lines);
                 }
-                self.start_transaction();
+                self.after_hello();
             }
             // RFC 5321 §3.2: a server that does not know EHLO gets HELO (not in LMTP, which
             // has no HELO).
             500..=599 if hello == Hello::Ehlo => self.send_hello(Hello::Helo),
             400..=599 => self.fail_all(&reply, ClientPhase::Ehlo),
             _ => self.unexpected(&reply, ClientPhase::Ehlo),
+        }
+    }
+
+    /// After a successful EHLO/LHLO/HELO: STARTTLS when wanted and offered, a refusal when
+    /// required and not offered, else the transaction.
+    fn after_hello(&mut self) {
+        if self.tls == TlsState::Active || self.cfg.starttls == StartTls::Never {
+            return self.start_transaction();
+        }
+        if self.ext.starttls {
+            // Alone, never pipelined (RFC 2920 §3.1: STARTTLS ends a group).
+            self.command("STARTTLS");
+            self.expect.push_back(Expect::StartTls);
+            return;
+        }
+        if self.cfg.starttls == StartTls::Required {
+            self.tls = TlsState::NotOffered;
+            // Postfix's words and code for the same case.
+            let text = format!(
+                "4.7.4 TLS is required, but was not offered by {}",
+                self.peer
+            );
+            return self.fail_all_local(&Reply::new(451, text), ClientPhase::StartTls);
+        }
+        self.start_transaction();
+    }
+
+    fn on_starttls(&mut self, reply: Reply) {
+        match reply.code {
+            220 => {
+                self.tls = TlsState::Handshake;
+                self.expect.push_back(Expect::Handshake);
+                self.events.push_back(ClientEvent::StartTls);
+            }
+            400..=599 => {
+                // The host failed, not the recipients: for now, whatever the code (its next
+                // MX host, or a later attempt, may do better), and never in plain text.
+                let text = format!(
+                    "4.7.0 {} refused STARTTLS: {}",
+                    self.peer,
+                    reply.to_log_string()
+                );
+                self.tls = TlsState::Refused(reply);
+                self.fail_all_local(&Reply::new(451, text), ClientPhase::StartTls);
+            }
+            _ => self.unexpected(&reply, ClientPhase::StartTls),
         }
     }
 
@@ -858,6 +783,9 @@ impl Client {
                 format!("4.4.2 conversation with {peer} timed out while {doing}{warning}")
             }
         };
+        if self.tls == TlsState::Handshake {
+            self.tls = TlsState::Failed(text.clone());
+        }
         self.break_off(Reply::new(451, text), phase);
     }
 
@@ -917,6 +845,8 @@ impl Client {
         match phase {
             ClientPhase::Greeting => "waiting for the greeting".to_owned(),
             ClientPhase::Ehlo => format!("waiting for the reply to {}", self.hello.verb()),
+            ClientPhase::StartTls => "waiting for the reply to STARTTLS".to_owned(),
+            ClientPhase::TlsHandshake => "doing the TLS handshake".to_owned(),
             ClientPhase::Mail => "waiting for the reply to MAIL FROM".to_owned(),
             ClientPhase::Rcpt => "waiting for the reply to RCPT TO".to_owned(),
             ClientPhase::Data => "waiting for the reply to DATA".to_owned(),
@@ -935,118 +865,4 @@ fn duplicate_warning(phase: ClientPhase) -> &'static str {
     } else {
         ""
     }
-}
-
-/// An address fits in a command line: no control characters.
-fn sendable(addr: &str) -> bool {
-    !addr.bytes().any(|b| b < 0x20 || b == 0x7f)
-}
-
-/// `x.y.z` with one-digit class and one-to-three-digit subject and detail (RFC 3463).
-fn is_enhanced_code(s: &str) -> bool {
-    let mut parts = s.split('.');
-    let ok = |p: Option<&str>, max: usize| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    ok(parts.next(), 1) && ok(parts.next(), 3) && ok(parts.next(), 3) && parts.next().is_none()
-}
-
-/// smtp-proto's reply as ours: lines split, control characters escaped (so no CR or LF
-/// reaches a log line or a DSN), and the enhanced status code, which smtp-proto takes off,
-/// put back in front of the first line.
-fn to_reply(response: smtp_proto::Response<String>) -> Reply {
-    let mut lines: Vec<String> = response.message.split('\n').map(clean_line).collect();
-    if response.esc != [0, 0, 0]
-        && let Some(first) = lines.first_mut()
-    {
-        let [class, subject, detail] = response.esc;
-        let code = format!("{class}.{subject}.{detail}");
-        *first = if first.is_empty() {
-            code
-        } else {
-            format!("{code} {first}")
-        };
-    }
-    Reply {
-        code: response.code,
-        lines,
-    }
-}
-
-/// One reply line without CR, with other control characters as `\xNN`.
-fn clean_line(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    for c in line.chars() {
-        match c {
-            '\r' => {}
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The first word of a reply that names the server (greeting, EHLO), bounded, skipping an
-/// enhanced status code.
-fn first_word(reply: &Reply) -> Option<String> {
-    let line = reply.lines.first()?;
-    let word = line
-        .split_ascii_whitespace()
-        .find(|w| !is_enhanced_code(w))?;
-    Some(word.chars().take(MAX_NAME).collect())
-}
-
-/// Appends `input`, a piece of the message, to `out` as it goes on the wire after `354`
-/// (RFC 5321 §4.5.2): a `.` that begins a line is doubled.
-///
-/// Line endings are made CRLF on the way: every CR is dropped and every LF written as CRLF,
-/// so CRLF stays CRLF, a bare LF becomes CRLF and a bare CR disappears (RFC 5321 §2.3.8
-/// allows no other). The bytes sent therefore never contain a bare CR or LF, and the data can
-/// never end early at a next hop that takes a bare line ending for one (SMTP smuggling).
-/// The message our server stores is CRLF-only already, where this changes nothing but the
-/// dots.
-///
-/// Usable in pieces: `at_line_start` carries the state from one piece to the next. Start with
-/// `true`; finish with [`end_of_data`]. Cutting the message anywhere gives the same bytes.
-pub fn dot_stuff(input: &[u8], at_line_start: &mut bool, out: &mut Vec<u8>) {
-    out.reserve(input.len() + input.len() / 32 + 2);
-    let mut rest = input;
-    while let Some((&first, _)) = rest.split_first() {
-        if *at_line_start && first == b'.' {
-            out.push(b'.');
-        }
-        match memchr::memchr2(b'\r', b'\n', rest) {
-            None => {
-                out.extend_from_slice(rest);
-                *at_line_start = false;
-                return;
-            }
-            Some(at) => {
-                let (text, tail) = rest.split_at(at);
-                out.extend_from_slice(text);
-                if !text.is_empty() {
-                    *at_line_start = false;
-                }
-                let Some((&end, tail)) = tail.split_first() else {
-                    return;
-                };
-                if end == b'\n' {
-                    out.extend_from_slice(b"\r\n");
-                    *at_line_start = true;
-                }
-                rest = tail;
-            }
-        }
-    }
-}
-
-/// Appends the end of the data: CRLF when the message did not end with a line ending, then
-/// `.` CRLF (RFC 5321 §4.1.1.4). `at_line_start` is the state [`dot_stuff`] left.
-pub fn end_of_data(at_line_start: bool, out: &mut Vec<u8>) {
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
 }

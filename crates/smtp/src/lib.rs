@@ -31,6 +31,7 @@ pub use action::Action;
 pub use address::{AddressError, Mailbox, ReversePath};
 pub use client::{
     Client, ClientConfig, ClientEvent, ClientPhase, Envelope, Extensions, RcptOutcome, RcptStatus,
+    StartTls, TlsState,
 };
 pub use command::{Command, MailParams};
 pub use data::{BareLineEndings, DataReceiver};

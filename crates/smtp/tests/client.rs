@@ -11,6 +11,7 @@ use std::sync::Arc;
 use portcullis_smtp::client::{MAX_REPLY_BYTES, dot_stuff, end_of_data};
 use portcullis_smtp::{
     Client, ClientConfig, ClientEvent, ClientPhase, Envelope, RcptOutcome, RcptStatus, Reply,
+    StartTls, TlsState,
 };
 
 const PEER: &str = "mx.example.net [192.0.2.1]";
@@ -38,9 +39,14 @@ fn envelope(rcpts: &[&str]) -> Envelope {
 }
 
 fn harness_with(lmtp: bool, envelope: Envelope) -> Harness {
+    harness_tls(lmtp, StartTls::Never, envelope)
+}
+
+fn harness_tls(lmtp: bool, starttls: StartTls, envelope: Envelope) -> Harness {
     let cfg = Arc::new(ClientConfig {
         helo_name: "relay.example.org".to_owned(),
         lmtp,
+        starttls,
     });
     let mut h = Harness {
         client: Client::new(cfg, PEER, envelope),
@@ -1009,6 +1015,232 @@ fn dot_stuffing_in_pieces_is_the_same_as_in_one() {
 
 // ----- properties -----------------------------------------------------------------------------
 
+// ----- STARTTLS (RFC 3207) --------------------------------------------------------------------
+
+const EHLO_TLS: &str =
+    "250-mx.example.net Hello relay\r\n250-STARTTLS\r\n250-SIZE 100\r\n250 PIPELINING\r\n";
+const EHLO_TLS_AGAIN: &str =
+    "250-mx.example.net Hello\r\n250-STARTTLS\r\n250-PIPELINING\r\n250 SIZE 10000\r\n";
+const EHLO_AFTER_TLS: &str =
+    "250-mx.example.net Hello again\r\n250-PIPELINING\r\n250 SIZE 10000\r\n";
+
+fn tls(starttls: StartTls, rcpts: &[&str]) -> Harness {
+    harness_tls(false, starttls, envelope(rcpts))
+}
+
+#[test]
+fn starttls_when_offered_then_ehlo_again_over_tls() {
+    let mut h = tls(StartTls::Opportunistic, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        // STARTTLS goes alone, although PIPELINING was offered.
+        (EHLO_TLS, "STARTTLS\r\n"),
+    ]);
+    assert_eq!(h.client.phase(), ClientPhase::StartTls);
+    assert_eq!(h.client.phase().timeout_name(), "starttls");
+    assert_eq!(h.feed("220 2.0.0 Ready to start TLS\r\n"), "");
+    assert_eq!(h.events, [ClientEvent::StartTls]);
+    assert_eq!(h.client.phase(), ClientPhase::TlsHandshake);
+    assert_eq!(*h.client.tls(), TlsState::Handshake);
+    assert!(!h.client.has_output());
+    h.client.tls_established();
+    assert_eq!(*h.client.tls(), TlsState::Active);
+    // RFC 3207 §4.2: what the server said in plain text is forgotten...
+    assert_eq!(*h.client.extensions(), Default::default());
+    assert_eq!(h.pump(), "EHLO relay.example.org\r\n");
+    assert_eq!(h.client.phase(), ClientPhase::Ehlo);
+    // ...and read again: SIZE 10000 now (the message's 1234 bytes fit; 100 said before TLS
+    // would have refused it), and no second STARTTLS.
+    h.script(&[(
+        EHLO_AFTER_TLS,
+        "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n",
+    )]);
+    assert_eq!(h.client.extensions().size, Some(10000));
+    h.script(&[("250 ok\r\n250 ok\r\n354 go\r\n", MESSAGE_WIRE)]);
+    h.script(&[("250 2.0.0 queued\r\n", "QUIT\r\n")]);
+    assert_eq!(h.statuses(), [RcptStatus::Delivered]);
+    assert_eq!(*h.client.tls(), TlsState::Active);
+}
+
+#[test]
+fn an_offered_starttls_in_a_second_ehlo_is_not_taken_twice() {
+    let mut h = tls(StartTls::Required, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_TLS, "STARTTLS\r\n"),
+        ("220 go\r\n", ""),
+    ]);
+    h.client.tls_established();
+    assert_eq!(h.pump(), "EHLO relay.example.org\r\n");
+    // A server that still lists STARTTLS over TLS gets the transaction, not STARTTLS.
+    h.script(&[(
+        EHLO_TLS_AGAIN,
+        "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n",
+    )]);
+}
+
+#[test]
+fn no_starttls_when_not_offered_or_not_wanted() {
+    // Opportunistic, not offered: plain text, as before.
+    let mut h = tls(StartTls::Opportunistic, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_PLAIN, "MAIL FROM:<alice@example.org> SIZE=1234\r\n"),
+    ]);
+    assert_eq!(*h.client.tls(), TlsState::Plain);
+    // Offered, but this hop never uses it (an LMTP socket).
+    let mut h = tls(StartTls::Never, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (
+            EHLO_TLS_AGAIN,
+            "MAIL FROM:<alice@example.org> SIZE=1234\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n",
+        ),
+    ]);
+    assert!(h.client.extensions().starttls);
+    assert!(h.events.is_empty());
+}
+
+#[test]
+fn required_tls_not_offered_fails_for_now_and_sends_nothing() {
+    let mut h = tls(
+        StartTls::Required,
+        &["bob@example.net", "carol@example.net"],
+    );
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_PLAIN, "QUIT\r\n"),
+    ]);
+    assert_eq!(*h.client.tls(), TlsState::NotOffered);
+    let out = h.outcomes();
+    assert_eq!(h.statuses(), [RcptStatus::TempFail, RcptStatus::TempFail]);
+    assert_eq!(
+        out[0].reply.to_log_string(),
+        "451 4.7.4 TLS is required, but was not offered by mx.example.net [192.0.2.1]"
+    );
+    assert!(!out[0].remote);
+    assert_eq!(out[0].phase, ClientPhase::StartTls);
+    assert_eq!(out[0].dsn(), "4.7.4");
+    // After a HELO (no extensions at all) the same.
+    let mut h = tls(StartTls::Required, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        ("502 5.5.1 no EHLO\r\n", "HELO relay.example.org\r\n"),
+        ("250 hi\r\n", "QUIT\r\n"),
+    ]);
+    assert_eq!(h.statuses(), [RcptStatus::TempFail]);
+}
+
+#[test]
+fn a_refused_starttls_fails_for_now_and_never_goes_on_in_plain_text() {
+    for refusal in [
+        "454 4.7.0 TLS not available due to local problem",
+        "554 5.7.3 no",
+    ] {
+        let mut h = tls(StartTls::Opportunistic, &["bob@example.net"]);
+        h.script(&[
+            (GREETING, "EHLO relay.example.org\r\n"),
+            (EHLO_TLS, "STARTTLS\r\n"),
+            // No MAIL: QUIT at once.
+            (&format!("{refusal}\r\n"), "QUIT\r\n"),
+        ]);
+        assert_eq!(h.statuses(), [RcptStatus::TempFail], "{refusal}");
+        let out = h.outcomes();
+        assert_eq!(
+            out[0].reply.to_log_string(),
+            format!("451 4.7.0 mx.example.net [192.0.2.1] refused STARTTLS: {refusal}")
+        );
+        assert_eq!(out[0].phase, ClientPhase::StartTls);
+        assert!(matches!(h.client.tls(), TlsState::Refused(r) if r.to_log_string() == refusal));
+        assert!(h.events.iter().all(|e| *e != ClientEvent::StartTls));
+    }
+}
+
+#[test]
+fn a_failed_handshake_ends_the_attempt_without_a_word() {
+    let mut h = tls(
+        StartTls::Opportunistic,
+        &["bob@example.net", "carol@example.net"],
+    );
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_TLS, "STARTTLS\r\n"),
+        ("220 go ahead\r\n", ""),
+    ]);
+    h.client.tls_failed("received corrupt message");
+    // No QUIT: the connection is in no state to carry one.
+    assert_eq!(h.pump(), "");
+    assert!(h.client.is_done());
+    assert_eq!(h.statuses(), [RcptStatus::TempFail, RcptStatus::TempFail]);
+    let out = h.outcomes();
+    assert_eq!(
+        out[1].reply.to_log_string(),
+        "451 4.7.5 mx.example.net [192.0.2.1]: TLS handshake failed: received corrupt message"
+    );
+    assert_eq!(out[1].phase, ClientPhase::TlsHandshake);
+    assert_eq!(
+        *h.client.tls(),
+        TlsState::Failed("received corrupt message".to_owned())
+    );
+    // Too late to succeed now.
+    h.client.tls_established();
+    assert_eq!(h.pump(), "");
+}
+
+#[test]
+fn plain_text_after_the_220_is_never_read_as_a_reply() {
+    let mut h = tls(StartTls::Opportunistic, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_TLS, "STARTTLS\r\n"),
+    ]);
+    // A man in the middle appends a reply to the 220, hoping it is read after the handshake.
+    assert_eq!(h.feed("220 go\r\n250 2.0.0 injected\r\n"), "");
+    assert!(h.client.is_done());
+    assert_eq!(h.statuses(), [RcptStatus::TempFail]);
+    let text = h.outcomes()[0].reply.to_log_string();
+    assert!(
+        text.contains("plain text after the 220 reply to STARTTLS"),
+        "{text}"
+    );
+    assert!(matches!(h.client.tls(), TlsState::Failed(_)));
+    // The driver, seeing the client done, does no handshake.
+    h.client.tls_established();
+    assert_eq!(
+        *h.client.tls(),
+        TlsState::Failed("plain text after the 220 reply to STARTTLS".to_owned())
+    );
+}
+
+#[test]
+fn a_lost_connection_during_the_handshake_is_a_tls_failure() {
+    let mut h = tls(StartTls::Opportunistic, &["bob@example.net"]);
+    h.script(&[
+        (GREETING, "EHLO relay.example.org\r\n"),
+        (EHLO_TLS, "STARTTLS\r\n"),
+        ("220 go\r\n", ""),
+    ]);
+    h.client.handle_timeout();
+    let text = h.outcomes()[0].reply.to_log_string();
+    assert_eq!(
+        text,
+        "451 4.4.2 conversation with mx.example.net [192.0.2.1] timed out while doing the TLS handshake"
+    );
+    assert!(matches!(h.client.tls(), TlsState::Failed(why) if text.ends_with(why.as_str())));
+}
+
+#[test]
+fn lmtp_over_tls_says_lhlo_again() {
+    let mut h = harness_tls(true, StartTls::Required, envelope(&["bob@example.net"]));
+    h.script(&[
+        (GREETING, "LHLO relay.example.org\r\n"),
+        (EHLO_TLS, "STARTTLS\r\n"),
+        ("220 go\r\n", ""),
+    ]);
+    h.client.tls_established();
+    assert_eq!(h.pump(), "LHLO relay.example.org\r\n");
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -1054,9 +1286,11 @@ mod properties {
     /// Feeds `pieces` with the driver's duties done; then ends the connection.
     fn drive(lmtp: bool, n_rcpts: usize, pieces: &[Vec<u8>], write: bool) {
         let rcpts: Vec<String> = (0..n_rcpts).map(|i| format!("r{i}@x.test")).collect();
+        // STARTTLS whenever offered, so arbitrary replies also go through the TLS steps.
         let cfg = Arc::new(ClientConfig {
             helo_name: "relay.test".to_owned(),
             lmtp,
+            starttls: StartTls::Opportunistic,
         });
         let mut env = Envelope::new("s@x.test", rcpts.clone(), 50);
         env.eight_bit = true;
@@ -1071,6 +1305,7 @@ mod properties {
                     ClientEvent::WriteMessage if write => client.message_written(),
                     ClientEvent::WriteMessage => {}
                     ClientEvent::OutcomesFinal => finals += 1,
+                    ClientEvent::StartTls => client.tls_established(),
                 }
             }
             if client.is_done() {

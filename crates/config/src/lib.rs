@@ -8,8 +8,8 @@
 //! collects every error it can.
 //! Must not: bind sockets, create directories, print, or exit; the binary decides what to
 //! do with the diagnostics (`portcullis check-config` prints them and exits 0 or 78).
-//! Files read: the config file (`load_file`) and the `local.users_file` it names, nothing
-//! else. Relative paths are returned as written, relative to the working directory.
+//! Files read: the config file (`load_file`) and the `local.users_file` and `route.ca_file`
+//! it names, nothing else. Relative paths are returned as written, relative to the working directory.
 //! Invariants: `Ok` means no `Severity::Error` was found; `Err` holds every diagnostic,
 //! warnings included, sorted by position.
 
@@ -24,6 +24,7 @@ mod names;
 pub mod next_hop;
 mod raw;
 pub mod relay;
+pub mod route_tls;
 mod timeouts;
 mod validate;
 
@@ -37,6 +38,7 @@ pub use model::{
     ServerConfig, SmtpConfig, SummaryConfig, Timeouts,
 };
 pub use relay::{RelayConfig, Route, RouteDomain, Routes};
+pub use route_tls::{CaFile, RouteTls};
 
 use diagnostic::Report;
 use validate::HostnameSource;

@@ -74,6 +74,8 @@ pub(crate) struct RawRelay {
 pub(crate) struct RawRoute {
     pub(crate) domain: Text,
     pub(crate) next_hop: Text,
+    pub(crate) verify: Option<Spanned<bool>>,
+    pub(crate) ca_file: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,8 @@
 //! at its line. Sendmail equivalents: class `R` / `relay-domains` and `Connect:… RELAY`
 //! for the first, `FEATURE(mailertable)` for the second (`.example.net` matches the
 //! subdomains of example.net, as a mailertable key with a leading dot does).
+//! A route's `verify` and `ca_file` (TLS towards its next hop) are read by `route_tls`; they
+//! belong to the next hop, so routes sharing one must agree on them.
 //! Must not: decide about a recipient (the policy crate does) or resolve a next hop.
 
 use std::net::IpAddr;
@@ -16,6 +18,7 @@ use crate::diagnostic::Report;
 use crate::names::normalize_domain;
 use crate::next_hop::NextHop;
 use crate::raw::{RawRelay, RawRoute, TextList};
+use crate::route_tls::{RouteTls, route_tls};
 
 /// `[relay]`: relaying rights. Which recipients the domains let through is the policy
 /// crate's decision (`LocalRecipients::with_relay_domains`), made in one place.
@@ -51,11 +54,24 @@ pub enum RouteDomain {
     Any,
 }
 
+/// As written: `example.net`, `.example.net` or `*`.
+impl std::fmt::Display for RouteDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(d) => f.write_str(d),
+            Self::Subdomains(parent) => write!(f, ".{parent}"),
+            Self::Any => f.write_str("*"),
+        }
+    }
+}
+
 /// One `[[route]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub domain: RouteDomain,
     pub next_hop: NextHop,
+    /// STARTTLS towards `next_hop` (`verify`, `ca_file`).
+    pub tls: RouteTls,
 }
 
 /// The routing table, in the order lookups try it.
@@ -95,6 +111,15 @@ impl Routes {
             rest = parent;
         }
         find(&|r| matches!(r, RouteDomain::Any))
+    }
+
+    /// The TLS settings of the routes through `hop` (they agree), or None when no route
+    /// names it (opportunistic TLS, any certificate).
+    pub fn tls_for(&self, hop: &NextHop) -> Option<&RouteTls> {
+        self.routes
+            .iter()
+            .find(|r| r.next_hop == *hop)
+            .map(|r| &r.tls)
     }
 
     /// Every route, in the order written.
@@ -221,13 +246,34 @@ pub(crate) fn routes(
                 ),
             );
         }
-        match NextHop::parse(hop.get_ref()) {
-            Ok(next_hop) => routes.push(Route {
-                domain: route_domain,
-                next_hop,
-            }),
-            Err(why) => report.error(Some(hop.span()), format!("`route.next_hop`: {why}")),
+        let next_hop = match NextHop::parse(hop.get_ref()) {
+            Ok(next_hop) => next_hop,
+            Err(why) => {
+                report.error(Some(hop.span()), format!("`route.next_hop`: {why}"));
+                continue;
+            }
+        };
+        let tls = route_tls(&next_hop, r.verify.as_ref(), r.ca_file.as_ref(), report);
+        // One session to a next hop carries the mail of every domain routed there, so the
+        // TLS settings are the hop's: two routes that disagree cannot both be honoured.
+        if let Some(other) = routes
+            .iter()
+            .find(|x| x.next_hop == next_hop && x.tls != tls)
+        {
+            report.error(
+                Some(span),
+                format!(
+                    "`[[route]]`: {next_hop} is also the next hop of the route for {}, with                      other `verify`/`ca_file` settings; one connection carries both domains'                      mail, so give them the same settings",
+                    other.domain
+                ),
+            );
+            continue;
         }
+        routes.push(Route {
+            domain: route_domain,
+            next_hop,
+            tls,
+        });
     }
     Routes { routes }
 }
@@ -249,18 +295,22 @@ mod tests {
         let routes = Routes::new(vec![
             Route {
                 domain: RouteDomain::Any,
+                tls: RouteTls::default(),
                 next_hop: hop("smtp:[192.0.2.9]"),
             },
             Route {
                 domain: RouteDomain::Subdomains("example.net".into()),
+                tls: RouteTls::default(),
                 next_hop: hop("smtp:[192.0.2.2]"),
             },
             Route {
                 domain: RouteDomain::Exact("example.net".into()),
+                tls: RouteTls::default(),
                 next_hop: hop("smtp:[192.0.2.1]"),
             },
             Route {
                 domain: RouteDomain::Subdomains("a.example.net".into()),
+                tls: RouteTls::default(),
                 next_hop: hop("smtp:[192.0.2.3]"),
             },
         ]);

@@ -1470,4 +1470,106 @@ fn metrics_listen_on_a_server_listen_address_is_an_error() {
         let src = config(metrics, server);
         load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{src:?}: {d:#?}"));
     }
+
+/// A CA certificate in PEM, made by rcgen.
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("rcgen: {e}"));
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap_or_else(|e| panic!("rcgen: {e}"));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .self_signed(&key)
+        .unwrap_or_else(|e| panic!("rcgen: {e}"))
+        .pem()
+}
+
+#[test]
+fn route_tls_settings_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two CAs in one bundle, with text around them (as in the system's bundles).
+    let bundle = format!("# test CAs\n{}\nsome text\n{}", ca_pem(), ca_pem());
+    let ca = write(dir.path(), "ca.pem", &bundle);
+    let src = format!(
+        "[[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:[mx.example.net]\"\n\
+         verify = true\nca_file = \"{}\"\n\
+         [[route]]\ndomain = \"example.com\"\nnext_hop = \"smtp:[mx.example.net]\"\n\
+         verify = true\nca_file = \"{}\"\n\
+         [[route]]\ndomain = \"example.org\"\nnext_hop = \"smtp:example.org\"\nverify = true\n\
+         [[route]]\ndomain = \"*\"\nnext_hop = \"lmtp:unix:/run/lmtp\"\n{QUIET_TAIL}",
+        ca.display(),
+        ca.display()
+    );
+    let loaded = load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{d:#?}"));
+    let routes = &loaded.config.routes;
+    let tls = |hop: &str| {
+        routes
+            .tls_for(&portcullis_config::next_hop::NextHop::parse(hop).unwrap())
+            .cloned()
+    };
+    let net = tls("smtp:[mx.example.net]").unwrap();
+    assert!(net.verify);
+    let ca_file = net.ca_file.unwrap();
+    assert_eq!(ca_file.certs.len(), 2);
+    assert_eq!(ca_file.path, ca);
+    // verify without ca_file: the system's anchors.
+    let org = tls("smtp:example.org").unwrap();
+    assert!(org.verify && org.ca_file.is_none());
+    // Defaults: opportunistic.
+    assert_eq!(tls("lmtp:unix:/run/lmtp"), Some(Default::default()));
+    assert_eq!(tls("smtp:elsewhere.test"), None);
+}
+
+#[test]
+fn route_tls_bad_values_at_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = write(dir.path(), "not.pem", "just some text\n");
+    let broken = write(
+        dir.path(),
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    );
+    let not_a_cert = write(
+        dir.path(),
+        "junk.pem",
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    );
+    let ok = write(dir.path(), "ok.pem", &ca_pem());
+    let missing = dir.path().join("missing.pem");
+    let route = |extra: &str| {
+        format!("[[route]]\ndomain = \"example.net\"\nnext_hop = \"smtp:[192.0.2.1]\"\n{extra}")
+    };
+    let ca = |p: &Path| format!("ca_file = \"{}\"\n", p.display());
+    let table: Vec<(String, usize, &str)> = vec![
+        (route(&ca(&missing)), 4, "`route.ca_file`: cannot read"),
+        (route(&ca(&not_pem)), 4, "holds no PEM certificate"),
+        (route(&ca(&broken)), 4, "is not valid PEM"),
+        (route(&ca(&not_a_cert)), 4, "certificate 1 in"),
+        (route("verify = \"yes\"\n"), 4, "bool"),
+        (
+            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"lmtp:unix:/run/lmtp\"\n\
+             verify = true\n"
+                .to_owned(),
+            4,
+            "is a Unix socket on this host",
+        ),
+        (
+            format!(
+                "[[route]]\ndomain = \"example.net\"\nnext_hop = \"lmtp:unix:/run/lmtp\"\n{}",
+                ca(&ok)
+            ),
+            4,
+            "is a Unix socket on this host",
+        ),
+        (
+            format!(
+                "{}[[route]]\ndomain = \"example.com\"\nnext_hop = \"smtp:[192.0.2.1]:25\"\n",
+                route("verify = true\n")
+            ),
+            5,
+            "is also the next hop of the route for example.net",
+        ),
+    ];
+    let table: Vec<(&str, usize, &str)> =
+        table.iter().map(|(s, l, f)| (s.as_str(), *l, *f)).collect();
+    assert_one_error_each(&table);
 }

@@ -28,6 +28,7 @@ pub mod queue;
 pub mod queue_ops;
 pub mod relay;
 pub mod report;
+pub mod relay_tls;
 pub mod serve;
 pub mod state;
 pub mod summary;

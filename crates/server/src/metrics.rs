@@ -27,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::relay_tls::{TlsOutcome, Verify};
 use crate::summary;
 use crate::telemetry::{Event, RelayStat};
 
@@ -74,6 +75,7 @@ pub struct Metrics {
     messages: Family<Labels1, Counter>,
     deliveries: Family<Labels2, Counter>,
     dsns: Family<Labels1, Counter>,
+    relay_tls: Family<Labels1, Counter>,
     sessions_closed: Counter,
     sessions_in_flight: Gauge,
     queue: Family<Labels1, Gauge>,
@@ -122,6 +124,12 @@ impl Metrics {
             "Delivery status notifications, by outcome (queued, dropped)",
             dsns.clone(),
         );
+        let relay_tls = Family::<Labels1, Counter>::default();
+        registry.register(
+            "relay_tls",
+            "STARTTLS with next hops, by outcome (verified, unverified, not_offered, refused, handshake_failed, certificate_rejected)",
+            relay_tls.clone(),
+        );
         let sessions_closed = Counter::default();
         registry.register(
             "sessions_closed",
@@ -164,6 +172,7 @@ impl Metrics {
             messages,
             deliveries,
             dsns,
+            relay_tls,
             sessions_closed,
             sessions_in_flight,
             queue,
@@ -236,6 +245,21 @@ impl Metrics {
             }
             Event::DsnQueued { .. } => self.dsn("queued"),
             Event::DsnDropped { .. } => self.dsn("dropped"),
+            Event::RelayTls { report, .. } => {
+                let outcome = match &report.outcome {
+                    TlsOutcome::Established {
+                        verify: Verify::Ok, ..
+                    } => "verified",
+                    TlsOutcome::Established { .. } => "unverified",
+                    TlsOutcome::NotOffered => "not_offered",
+                    TlsOutcome::Refused(_) => "refused",
+                    TlsOutcome::Failed {
+                        certificate: true, ..
+                    } => "certificate_rejected",
+                    TlsOutcome::Failed { .. } => "handshake_failed",
+                };
+                self.relay_tls.get_or_create(&[("outcome", outcome)]).inc();
+            }
             Event::SessionClosed {
                 first_input,
                 duration,
@@ -505,5 +529,58 @@ mod tests {
         assert_eq!(sample(&text, &d("esmtp", "bounced")), Some(1.0));
         assert_eq!(sample(&text, &d("local", "sent")), Some(1.0));
         assert_eq!(sample(&text, &d("esmtp", "sent")), None);
+    }
+
+    #[test]
+    fn relay_tls_is_counted_by_outcome() {
+        use crate::relay_tls::{TlsOutcome, TlsReport, Verify};
+        let m = Metrics::new();
+        let established = |verify| TlsOutcome::Established {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+            bits: 256,
+            verify,
+        };
+        for outcome in [
+            established(Verify::Ok),
+            established(Verify::Ok),
+            established(Verify::Fail("UnknownIssuer".into())),
+            TlsOutcome::NotOffered,
+            TlsOutcome::Refused("454 4.7.0 no".into()),
+            TlsOutcome::Failed {
+                reason: "bad".into(),
+                certificate: true,
+            },
+            TlsOutcome::Failed {
+                reason: "eof".into(),
+                certificate: false,
+            },
+        ] {
+            let report = TlsReport {
+                relay: "mx.example.net".into(),
+                outcome,
+            };
+            m.observe(&Event::RelayTls {
+                qid: "Q",
+                report: &report,
+            });
+        }
+        let text = m.render(&live());
+        let t = |o: &str| {
+            sample(
+                &text,
+                &format!("portcullis_relay_tls_total{{outcome=\"{o}\"}}"),
+            )
+        };
+        assert_eq!(t("verified"), Some(2.0));
+        for o in [
+            "unverified",
+            "not_offered",
+            "refused",
+            "certificate_rejected",
+            "handshake_failed",
+        ] {
+            assert_eq!(t(o), Some(1.0), "{o}");
+        }
     }
 }

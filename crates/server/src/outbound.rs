@@ -19,7 +19,7 @@ use std::time::Duration;
 use portcullis_config::next_hop::{Host, NextHop, Protocol};
 use portcullis_smtp::address::parse_path;
 use portcullis_smtp::client::RcptStatus;
-use portcullis_smtp::client::{ClientConfig, Envelope, StartTls};
+use portcullis_smtp::client::{ClientConfig, Envelope};
 use portcullis_smtp::{ClientPhase, RcptOutcome, Reply, ReversePath};
 use portcullis_spool::StoredMessage;
 use tokio::sync::Semaphore;
@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::relay::{self, AttemptTimeouts};
 use crate::state::{Runtime, Shared};
+use crate::telemetry::Event;
 
 /// Per-hop semaphores kept at most.
 pub const MAX_HOPS: usize = 10_000;
@@ -207,10 +208,11 @@ pub async fn deliver(
                 return (Vec::new(), true);
             };
             let lmtp = mailer(&hop) == "lmtp";
+            let tls = rt.relay_tls.for_hop(&hop);
             let cfg = Arc::new(ClientConfig {
                 helo_name: rt.config.server.hostname.clone(),
                 lmtp,
-                starttls: StartTls::Never,
+                starttls: tls.starttls,
             });
             let env = &stored.envelope;
             let mut envelope = Envelope::new(
@@ -228,11 +230,18 @@ pub async fn deliver(
                 shared.mx.as_ref(),
                 &us,
                 cfg,
+                &tls,
                 envelope,
                 &stored.data,
                 &timeouts,
             )
             .await;
+            for report in &result.tls {
+                shared.telemetry.emit(Event::RelayTls {
+                    qid: env.id.as_str(),
+                    report,
+                });
+            }
             let mailer = mailer(&hop);
             let results = members
                 .into_iter()

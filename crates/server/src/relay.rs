@@ -6,6 +6,11 @@
 //! recipient, are the client's; what to do with them (retry, bounce, done) is the queue's.
 //! Model: the connection driver (`conn.rs`) on the server side.
 //!
+//! STARTTLS: when the client asks ([`ClientEvent::StartTls`]), the plain conversation stops,
+//! the stream is handed to [`relay_tls::handshake`] and the conversation goes on over TLS
+//! with the same client. A host whose STARTTLS is refused or whose handshake fails counts as
+//! a failed host (the next MX host is tried); it is never retried in plain text.
+//!
 //! Must not: decide anything about SMTP (the client does) or read the clock outside
 //! `tokio::time`. Generic over the stream, so tests drive it over `tokio::io::duplex` with
 //! paused time as well as against real peers.
@@ -21,10 +26,11 @@ use std::time::Duration;
 
 use portcullis_config::next_hop::{Host, NextHop};
 use portcullis_smtp::client::{ClientConfig, Envelope, RcptStatus, dot_stuff, end_of_data};
-use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome, Reply};
+use portcullis_smtp::{Client, ClientEvent, ClientPhase, RcptOutcome, Reply, TlsState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::dns::mx::{MxError, MxFuture, MxLookup};
+use crate::relay_tls::{self, HopTls, TlsOutcome, TlsReport, TlsTarget};
 
 /// A connection to a next hop: TCP or a Unix socket.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -34,10 +40,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// name logs give it) or a Unix socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Candidates {
-    /// `(shown as, address)`, at most [`MAX_CANDIDATES`].
-    Tcp(Vec<(String, SocketAddr)>),
+    /// At most [`MAX_CANDIDATES`].
+    Tcp(Vec<Candidate>),
     /// `lmtp:unix:/path`.
     Unix(PathBuf),
+}
+
+/// One address to try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// As logs name it: `mx.example.net [192.0.2.1]`, `[192.0.2.1]`.
+    pub shown: String,
+    /// The host's name (an MX host, a bracketed name), which TLS verifies; None for an
+    /// address literal.
+    pub name: Option<String>,
+    pub addr: SocketAddr,
 }
 
 /// Addresses tried per attempt at most (MX hosts times their addresses).
@@ -112,7 +129,11 @@ pub async fn candidates(
             if us.is(None, addr) {
                 return Err(loops_back(hop));
             }
-            found.push((format!("[{a}]"), addr));
+            found.push(Candidate {
+                shown: format!("[{a}]"),
+                name: None,
+                addr,
+            });
         }
         Host::Name(n) => {
             let addrs = tokio::time::timeout(limit, tokio::net::lookup_host((n.as_str(), port)))
@@ -123,7 +144,11 @@ pub async fn candidates(
                 if us.is(Some(n), addr) {
                     return Err(loops_back(hop));
                 }
-                found.push((format!("{n} [{}]", addr.ip()), addr));
+                found.push(Candidate {
+                    shown: format!("{n} [{}]", addr.ip()),
+                    name: Some(n.clone()),
+                    addr,
+                });
             }
         }
         Host::Mx(domain) => {
@@ -151,7 +176,11 @@ pub async fn candidates(
                     if found.len() == MAX_CANDIDATES {
                         break 'outer;
                     }
-                    found.push((format!("{} [{ip}]", target.host), SocketAddr::new(ip, port)));
+                    found.push(Candidate {
+                        shown: format!("{} [{ip}]", target.host),
+                        name: Some(target.host.clone()),
+                        addr: SocketAddr::new(ip, port),
+                    });
                 }
             }
             if found.is_empty() && ours.is_some() {
@@ -236,7 +265,7 @@ pub async fn connect(hop: &NextHop, limit: Duration) -> Result<(Box<dyn Io>, Str
         }
         Candidates::Tcp(list) => {
             let mut last = String::new();
-            for (shown, addr) in list {
+            for Candidate { shown, addr, .. } in list {
                 match connect_one(addr, &shown, limit).await {
                     Ok(stream) => return Ok((stream, shown)),
                     Err(e) => last = e,
@@ -254,18 +283,23 @@ pub struct GroupResult {
     pub outcomes: Vec<RcptOutcome>,
     /// The peer the outcomes came from (`host [ip]`), or the last one tried.
     pub relay: Option<String>,
+    /// STARTTLS with each host tried, in order (at most [`MAX_CANDIDATES`]).
+    pub tls: Vec<TlsReport>,
 }
 
 /// Delivers `envelope` to `hop`: tries its addresses in order until one holds a session
 /// that reaches MAIL (a refused connection, a greeting or EHLO failure, or a lost session
 /// before MAIL moves on to the next, as Sendmail and Postfix do with MX hosts). A 5xx
 /// greeting defers rather than bounces (Postfix's `smtp_skip_5xx_greeting`): the host
-/// refused the session, not the recipients.
+/// refused the session, not the recipients. STARTTLS follows `tls` (and `cfg.starttls`,
+/// which the caller sets from it); a refused STARTTLS or a failed handshake moves on too.
+#[allow(clippy::too_many_arguments)] // Each is one thing the attempt needs; a struct of them would be read once.
 pub async fn deliver_group(
     hop: &NextHop,
     mx: &dyn MxLookup,
     us: &Us,
     cfg: Arc<ClientConfig>,
+    tls: &HopTls,
     envelope: Envelope,
     message: &[u8],
     timeouts: &AttemptTimeouts,
@@ -284,6 +318,7 @@ pub async fn deliver_group(
                 })
                 .collect(),
             relay,
+            tls: Vec::new(),
         };
     let list = match candidates(hop, mx, us, timeouts.connect).await {
         Ok(Candidates::Tcp(list)) => list,
@@ -295,6 +330,7 @@ pub async fn deliver_group(
                     GroupResult {
                         outcomes: attempt(stream, client, message, timeouts).await,
                         relay: Some(shown),
+                        tls: Vec::new(),
                     }
                 }
                 Err(e) => all(RcptStatus::TempFail, 451, "4.4.1", &e, Some(shown)),
@@ -304,8 +340,10 @@ pub async fn deliver_group(
         Err(u) => return all(RcptStatus::TempFail, 451, u.status, &u.text, None),
     };
     let mut last = None;
+    let mut reports = Vec::new();
     let count = list.len();
-    for (i, (shown, addr)) in list.into_iter().enumerate() {
+    for (i, candidate) in list.into_iter().enumerate() {
+        let Candidate { shown, name, addr } = candidate;
         let stream = match connect_one(addr, &shown, timeouts.connect).await {
             Ok(s) => s,
             Err(e) => {
@@ -313,11 +351,26 @@ pub async fn deliver_group(
                 continue;
             }
         };
+        let target = TlsTarget::new(tls.clone(), name.as_deref(), addr.ip());
         let client = Client::new(cfg.clone(), shown.clone(), envelope.clone());
-        let mut outcomes = attempt(stream, client, message, timeouts).await;
+        let (mut outcomes, report) =
+            attempt_tls(stream, client, message, timeouts, Some(&target)).await;
+        if let Some(outcome) = report {
+            reports.push(TlsReport {
+                relay: target.relay,
+                outcome,
+            });
+        }
+        // The host failed before the transaction (greeting, EHLO, STARTTLS): the next one.
         let session_failed = outcomes.iter().all(|o| {
             o.status != RcptStatus::Delivered
-                && matches!(o.phase, ClientPhase::Greeting | ClientPhase::Ehlo)
+                && matches!(
+                    o.phase,
+                    ClientPhase::Greeting
+                        | ClientPhase::Ehlo
+                        | ClientPhase::StartTls
+                        | ClientPhase::TlsHandshake
+                )
         });
         if session_failed {
             for o in &mut outcomes {
@@ -327,6 +380,7 @@ pub async fn deliver_group(
                 last = Some(GroupResult {
                     outcomes,
                     relay: Some(shown),
+                    tls: Vec::new(),
                 });
                 continue;
             }
@@ -334,9 +388,10 @@ pub async fn deliver_group(
         return GroupResult {
             outcomes,
             relay: Some(shown),
+            tls: reports,
         };
     }
-    last.unwrap_or_else(|| {
+    let mut result = last.unwrap_or_else(|| {
         all(
             RcptStatus::TempFail,
             451,
@@ -344,7 +399,9 @@ pub async fn deliver_group(
             "no address to connect to",
             None,
         )
-    })
+    });
+    result.tls = reports;
+    result
 }
 
 /// A resolver for next hops that never need MX lookups (the CLI's `connect`).
@@ -432,7 +489,77 @@ impl AttemptTimeouts {
 
 /// Runs `client` over `stream` until every recipient has its outcome (and the QUIT is
 /// answered or timed out), writing `message` (CRLF lines, not yet dot-stuffed) when asked.
-/// Returns one outcome per recipient, in envelope order.
+/// Returns one outcome per recipient, in envelope order. No TLS: a client configured for
+/// STARTTLS fails the host when it gets to it (see [`attempt_tls`]).
+pub async fn attempt<S>(
+    stream: S,
+    client: Client,
+    message: &[u8],
+    timeouts: &AttemptTimeouts,
+) -> Vec<RcptOutcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    attempt_tls(stream, client, message, timeouts, None).await.0
+}
+
+/// [`attempt`] with STARTTLS towards `tls`: when the client asks for it, the handshake runs
+/// (within `timeouts.starttls`) and the conversation goes on over TLS. Also returns how
+/// STARTTLS went, when it came up (not offered to a client that requires it, refused,
+/// failed, or established with its version, cipher and verification).
+pub async fn attempt_tls<S>(
+    stream: S,
+    mut client: Client,
+    message: &[u8],
+    timeouts: &AttemptTimeouts,
+    tls: Option<&TlsTarget>,
+) -> (Vec<RcptOutcome>, Option<TlsOutcome>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut report = None;
+    if let Some(plain) = converse(stream, &mut client, message, timeouts).await {
+        match tls {
+            None => client.tls_failed("no TLS settings for this next hop"),
+            Some(target) => match relay_tls::handshake(plain, target, timeouts.starttls).await {
+                Ok((secure, outcome)) => {
+                    report = Some(outcome);
+                    client.tls_established();
+                    // The client never asks twice (it is on TLS now); were it to, stop.
+                    if converse(secure, &mut client, message, timeouts)
+                        .await
+                        .is_some()
+                    {
+                        client.tls_failed("STARTTLS asked for again over TLS");
+                    }
+                }
+                Err(outcome) => {
+                    if let TlsOutcome::Failed { reason, .. } = &outcome {
+                        client.tls_failed(reason);
+                    }
+                    report = Some(outcome);
+                }
+            },
+        }
+    }
+    let report = report.or_else(|| match client.tls() {
+        TlsState::NotOffered => Some(TlsOutcome::NotOffered),
+        TlsState::Refused(reply) => Some(TlsOutcome::Refused(reply.to_log_string())),
+        TlsState::Failed(why) => Some(TlsOutcome::Failed {
+            reason: why.clone(),
+            certificate: false,
+        }),
+        _ => None,
+    });
+    let outcomes = client
+        .outcomes()
+        .map(<[RcptOutcome]>::to_vec)
+        .unwrap_or_default();
+    (outcomes, report)
+}
+
+/// The conversation over one stream, until the client is done (then the stream is shut
+/// down: None) or asks for STARTTLS (then the stream is handed back for the handshake).
 ///
 /// It reads whenever it writes (RFC 2920 §3.1: a pipelined group larger than the TCP
 /// window would otherwise deadlock with a server that writes replies before it reads on),
@@ -440,12 +567,12 @@ impl AttemptTimeouts {
 /// writing stops and that reply becomes the outcome. Each phase has one deadline, set when
 /// the phase begins (while the message is written: from the last write that made progress),
 /// so a peer trickling bytes cannot stretch it.
-pub async fn attempt<S>(
+async fn converse<S>(
     stream: S,
-    mut client: Client,
+    client: &mut Client,
     message: &[u8],
     timeouts: &AttemptTimeouts,
-) -> Vec<RcptOutcome>
+) -> Option<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -457,10 +584,13 @@ where
     let mut early = Vec::new();
     let mut phase = client.phase();
     let mut deadline = now() + timeouts.for_phase(phase);
+    let mut starttls = false;
     loop {
         while let Some(event) = client.poll_event() {
-            if event == ClientEvent::WriteMessage && !client.is_done() {
-                body = Some(Body::default());
+            match event {
+                ClientEvent::WriteMessage if !client.is_done() => body = Some(Body::default()),
+                ClientEvent::StartTls if !client.is_done() => starttls = true,
+                _ => {}
             }
         }
         if written == pending.len() {
@@ -479,6 +609,10 @@ where
         }
         if client.is_done() {
             break;
+        }
+        if starttls && written == pending.len() {
+            // RFC 3207 §4: the handshake starts now, over the same connection.
+            return Some(rd.unsplit(wr));
         }
         if client.phase() != phase {
             phase = client.phase();
@@ -513,10 +647,7 @@ where
         }
     }
     let _ = tokio::time::timeout(timeouts.quit, wr.shutdown()).await;
-    client
-        .outcomes()
-        .map(<[RcptOutcome]>::to_vec)
-        .unwrap_or_default()
+    None
 }
 
 /// The message being written: where the next chunk starts, and the stuffing state.

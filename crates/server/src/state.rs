@@ -30,6 +30,7 @@ use crate::dns::ReverseLookup;
 use crate::dns::mx::MxLookup;
 use crate::load::LoadMonitor;
 use crate::queue::QueueHandle;
+use crate::relay_tls::RelayTls;
 use crate::telemetry::Telemetry;
 
 /// Everything resolved from one configuration load.
@@ -46,6 +47,8 @@ pub struct Runtime {
     pub access_stamp: Option<FileStamp>,
     /// Client host names.
     pub names: Arc<dyn ReverseLookup>,
+    /// STARTTLS towards next hops (built here, so once per load, never per connection).
+    pub relay_tls: RelayTls,
 }
 
 impl fmt::Debug for Runtime {
@@ -96,6 +99,7 @@ impl Runtime {
             access: access.map.clone(),
             access_stamp: access.stamp,
             names,
+            relay_tls: RelayTls::new(&config.routes),
             config,
         }
     }
@@ -109,6 +113,7 @@ impl Runtime {
             access: access.map.clone(),
             access_stamp: access.stamp,
             names: self.names.clone(),
+            relay_tls: self.relay_tls.clone(),
         }
     }
 }

@@ -34,6 +34,7 @@ use portcullis_smtp::{Action, Finding, RcptFlood};
 use crate::clock;
 use crate::load::Reading;
 use crate::metrics::Metrics;
+use crate::relay_tls::{TlsOutcome, TlsReport, Verify};
 use crate::summary::{Summaries, Summary};
 
 /// Syslog severity of an event.
@@ -335,6 +336,8 @@ pub enum Event<'a> {
     /// What a defence did not log in full during one window of `log.summary_interval`
     /// (Sendmail's `RejectLogInterval`, generalised; see [`crate::summary`]).
     RejectionSummary { summary: &'a Summary },
+    /// STARTTLS with one host of a relay attempt (Sendmail's `STARTTLS=client` line).
+    RelayTls { qid: &'a str, report: &'a TlsReport },
 }
 
 /// An event rendered once.
@@ -842,6 +845,7 @@ impl Event<'_> {
                 "delivery resumed: load below queue thresholds".to_owned(),
             ),
             Self::RejectionSummary { summary } => summary_record(summary),
+            Self::RelayTls { qid, report } => relay_tls_record(qid, report),
         }
     }
 }
@@ -884,6 +888,76 @@ fn summary_record(s: &Summary) -> Record {
     .with("untracked", &s.untracked.to_string())
     .with("interval_s", &s.window_secs().to_string())
     .with("top", &top.join(","))
+}
+
+/// Sendmail's client line, `STARTTLS=client, relay=mx.example.net, version=TLSv1.3,
+/// verify=OK, cipher=TLS_AES_256_GCM_SHA384, bits=256/256`, with `verify=` in Sendmail's
+/// vocabulary: OK or FAIL (the certificate did or did not verify), NONE (no STARTTLS),
+/// SOFTWARE (the handshake failed).
+fn relay_tls_record(qid: &str, report: &TlsReport) -> Record {
+    let relay = &report.relay;
+    let (name, level, verify, text) = match &report.outcome {
+        TlsOutcome::Established {
+            version,
+            cipher,
+            bits,
+            verify,
+        } => {
+            let word = match verify {
+                Verify::Ok => "OK",
+                Verify::Fail(_) => "FAIL",
+            };
+            let text = format!(
+                "STARTTLS=client, relay={relay}, version={version}, verify={word}, \
+                 cipher={cipher}, bits={bits}/{bits}"
+            );
+            ("relay_tls", Level::Info, word, text)
+        }
+        TlsOutcome::NotOffered => (
+            "relay_tls_failed",
+            Level::Notice,
+            "NONE",
+            format!(
+                "STARTTLS=client, relay={relay}, verify=NONE, error: TLS is required, but was \
+                 not offered"
+            ),
+        ),
+        TlsOutcome::Refused(reply) => (
+            "relay_tls_failed",
+            Level::Notice,
+            "NONE",
+            format!(
+                "STARTTLS=client, relay={relay}, verify=NONE, error: STARTTLS refused: {reply}"
+            ),
+        ),
+        TlsOutcome::Failed {
+            reason,
+            certificate,
+        } => {
+            let word = if *certificate { "FAIL" } else { "SOFTWARE" };
+            let text = format!(
+                "STARTTLS=client, relay={relay}, verify={word}, error: handshake failed: {reason}"
+            );
+            ("relay_tls_failed", Level::Notice, word, text)
+        }
+    };
+    let record = Record {
+        name,
+        level,
+        qid: Some(qid.to_owned()),
+        text,
+        fields: Vec::new(),
+        detail: false,
+    }
+    .with("relay", relay)
+    .with("verify", verify);
+    match &report.outcome {
+        TlsOutcome::Established {
+            verify: Verify::Fail(why),
+            ..
+        } => record.with("verify_reason", why),
+        _ => record,
+    }
 }
 
 /// The event name, level and Sendmail-worded text of a session defence's finding.
@@ -1335,5 +1409,84 @@ mod tests {
             j,
             "{\"ts\":\"T\",\"level\":\"error\",\"event\":\"config_reload_failed\",\"message\":\"configuration reload from a\\\"b failed, keeping the old one: line\\nbreak\"}"
         );
+    }
+
+    #[test]
+    fn relay_tls_lines_are_sendmails_client_line() {
+        use crate::relay_tls::{TlsOutcome, TlsReport, Verify};
+        let line = |relay: &str, outcome: TlsOutcome| {
+            let report = TlsReport {
+                relay: relay.to_owned(),
+                outcome,
+            };
+            Event::RelayTls {
+                qid: "Q",
+                report: &report,
+            }
+            .render()
+        };
+        let ok = line(
+            "mx.example.net",
+            TlsOutcome::Established {
+                version: "TLSv1.3".into(),
+                cipher: "TLS_AES_256_GCM_SHA384".into(),
+                bits: 256,
+                verify: Verify::Ok,
+            },
+        );
+        assert_eq!(
+            ok.message(),
+            "Q: STARTTLS=client, relay=mx.example.net, version=TLSv1.3, verify=OK, \
+             cipher=TLS_AES_256_GCM_SHA384, bits=256/256"
+        );
+        let unverified = line(
+            "[192.0.2.1]",
+            TlsOutcome::Established {
+                version: "TLSv1.2".into(),
+                cipher: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into(),
+                bits: 128,
+                verify: Verify::Fail("UnknownIssuer".into()),
+            },
+        );
+        assert!(
+            unverified.message().contains(
+                "verify=FAIL, cipher=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, bits=128/128"
+            )
+        );
+        assert!(
+            unverified
+                .json("t")
+                .contains("\"verify_reason\":\"UnknownIssuer\"")
+        );
+        let failed = line(
+            "[192.0.2.1]",
+            TlsOutcome::Failed {
+                reason: "invalid peer certificate: UnknownIssuer".into(),
+                certificate: true,
+            },
+        );
+        assert_eq!(
+            failed.message(),
+            "Q: STARTTLS=client, relay=[192.0.2.1], verify=FAIL, error: handshake failed: \
+             invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(failed.level, Level::Notice);
+        let refused = line(
+            "[192.0.2.1]",
+            TlsOutcome::Refused("454 4.7.0 not now".into()),
+        );
+        assert!(
+            refused
+                .message()
+                .ends_with("verify=NONE, error: STARTTLS refused: 454 4.7.0 not now")
+        );
+        let broken = line(
+            "[192.0.2.1]",
+            TlsOutcome::Failed {
+                reason: "eof".into(),
+                certificate: false,
+            },
+        );
+        assert!(broken.message().contains("verify=SOFTWARE"));
     }
 }

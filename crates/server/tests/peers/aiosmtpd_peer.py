@@ -1,17 +1,20 @@
 """An independently written SMTP/LMTP next hop for the relay tests (aiosmtpd).
 
-Usage: aiosmtpd_peer.py smtp|lmtp PORT DIR
+Usage: aiosmtpd_peer.py smtp|lmtp PORT DIR [--tls-cert CERT.pem --tls-key KEY.pem]
 
 Recipients starting with "nosuch" get 550 5.1.1 at RCPT, "later" 451 4.3.0 at RCPT, "once"
 451 4.3.0 the first time each address is seen and 250 after that.
 Each message is written to DIR/<n>.eml as "FROM <sender>\nTO <r1> <r2>...\n\n" + content.
 LMTP: one reply per accepted recipient after DATA; a recipient starting with "full" gets
 452 4.2.2 there. Prints READY once listening; stops when stdin closes.
+With --tls-cert/--tls-key the peer offers STARTTLS (aiosmtpd's tls_context); a message that
+came over TLS also gets DIR/<n>.tls: "<version> <cipher> sni=<name the client sent or ->".
 """
 
 import asyncio
 import itertools
 import os
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
@@ -44,6 +47,11 @@ class Handler:
             f.write(("FROM %s\nTO %s\n\n" % (envelope.mail_from, " ".join(envelope.rcpt_tos))).encode())
             f.write(envelope.original_content)
         os.rename(path + ".tmp", path)
+        if session.ssl is not None:
+            tls = session.ssl["ssl_object"]
+            sni = getattr(tls, "portcullis_sni", None) or "-"
+            with open(path[:-4] + ".tls", "w") as f:
+                f.write("%s %s sni=%s\n" % (tls.version(), tls.cipher()[0], sni))
         if not self.lmtp:
             return "250 2.0.0 Ok: queued as %d" % len(envelope.rcpt_tos)
         replies = []
@@ -60,11 +68,28 @@ class LmtpController(Controller):
         return LMTP(self.handler)
 
 
+def tls_context(args):
+    """The STARTTLS context from --tls-cert/--tls-key, or None without them."""
+    options = dict(zip(args[::2], args[1::2]))
+    if "--tls-cert" not in options:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(options["--tls-cert"], options["--tls-key"])
+
+    def remember_sni(tls, name, _context):
+        tls.portcullis_sni = name
+
+    context.sni_callback = remember_sni
+    return context
+
+
 def main():
     kind, port, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     handler = Handler(directory, kind == "lmtp")
     cls = LmtpController if kind == "lmtp" else Controller
-    controller = cls(handler, hostname="127.0.0.1", port=port)
+    context = tls_context(sys.argv[4:])
+    extra = {"tls_context": context} if context else {}
+    controller = cls(handler, hostname="127.0.0.1", port=port, **extra)
     if kind == "lmtp":
         # aiosmtpd's ready check speaks SMTP; the LMTP server does not answer its greeting.
         controller.ready_timeout = 5.0

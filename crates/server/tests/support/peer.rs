@@ -37,11 +37,27 @@ impl Peer {
 
     /// Starts the peer on `port` (a next hop that was down comes up).
     pub fn start_on(kind: &str, dir: &Path, port: u16) -> Self {
+        Self::start_with(kind, dir, port, &[])
+    }
+
+    /// Starts a peer that offers STARTTLS with this certificate (chain) and key, PEM files.
+    pub fn start_tls(kind: &str, dir: &Path, cert: &Path, key: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        Self::start_with(kind, dir, port, &["--tls-cert", cert, "--tls-key", key])
+    }
+
+    fn start_with(kind: &str, dir: &Path, port: u16, extra: &[&str]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aiosmtpd_peer.py");
         let mut child = Command::new(python())
             .arg(script)
             .args([kind, &port.to_string()])
             .arg(dir)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -348,9 +348,10 @@ fn verify_when_the_next_hop_does_not_offer_starttls_defers() {
 }
 
 /// A next hop that offers STARTTLS, says 220 to it, then answers the TLS ClientHello with
-/// plain text and closes. Records every command line it read.
-fn broken_tls_hop() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+/// plain text and closes, on `ip`:`port` (0: any free port). Records every command line it
+/// read.
+fn broken_tls_hop(ip: &str, port: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -386,7 +387,7 @@ fn broken_tls_hop() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 #[test]
 fn a_failed_handshake_defers_and_is_not_retried_in_plain_text() {
-    let (port, seen) = broken_tls_hop();
+    let (port, seen) = broken_tls_hop("127.0.0.1", 0);
     let hop = format!("smtp:[127.0.0.1]:{port}");
     let server = Server::start(&config(&route("example.net", &hop, "")));
     send(&server, "bob@example.net");
@@ -413,6 +414,73 @@ fn a_failed_handshake_defers_and_is_not_retried_in_plain_text() {
         "{seen:?}"
     );
     assert!(!seen.iter().any(|l| l.starts_with("MAIL")), "{seen:?}");
+}
+
+#[test]
+fn a_failed_handshake_moves_on_to_the_next_mx_host() {
+    let (_rt, dns) = fake_dns();
+    let pki = Pki::new();
+    let (cert, key) = pki.self_signed("mx2", &["mx2.example.net"]);
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start_tls("smtp", peer_dir.path(), &cert, &key);
+    // The preferred MX host breaks the handshake; the next one takes the mail over TLS.
+    let (_, seen) = broken_tls_hop("127.0.0.2", peer.port);
+    dns.mx("example.net", 10, "mx1.example.net");
+    dns.mx("example.net", 20, "mx2.example.net");
+    dns.a("mx1.example.net", std::net::Ipv4Addr::new(127, 0, 0, 2));
+    dns.a("mx2.example.net", std::net::Ipv4Addr::LOCALHOST);
+    let hop = format!("smtp:example.net:{}", peer.port);
+    let server = Server::start(&format!(
+        "[dns]\nservers = [\"{}\"]\n{}",
+        dns.addr(),
+        config(&route("example.net", &hop, ""))
+    ));
+    send(&server, "bob@example.net");
+    let sent = wait_line(&server, &["to=<bob@example.net>", "stat=Sent"])
+        .unwrap_or_else(|| panic!("not sent:\n{}", server.log()));
+    assert!(sent.contains("relay=mx2.example.net [127.0.0.1]"), "{sent}");
+    let log = server.log();
+    let first = log
+        .find("STARTTLS=client, relay=mx1.example.net, verify=SOFTWARE, error: handshake failed")
+        .unwrap_or_else(|| panic!("{log}"));
+    let second = log
+        .find("STARTTLS=client, relay=mx2.example.net, version=TLSv1.3, verify=FAIL")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(first < second, "{log}");
+    assert_eq!(tls_notes(peer_dir.path()).len(), 1);
+    assert!(tls_notes(peer_dir.path())[0].ends_with("sni=mx2.example.net\n"));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&"STARTTLS".to_owned()), "{seen:?}");
+    assert!(!seen.iter().any(|l| l.starts_with("MAIL")), "{seen:?}");
+    drop(dns);
+}
+
+#[test]
+fn a_reload_applies_new_tls_settings() {
+    let pki = Pki::new();
+    let (cert, key) = pki.self_signed("peer", &["127.0.0.1"]);
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start_tls("smtp", peer_dir.path(), &cert, &key);
+    let hop = format!("smtp:[127.0.0.1]:{}", peer.port);
+    let mut server = Server::start(&config(&route("example.net", &hop, "")));
+    send(&server, "bob@example.net");
+    assert!(wait_line(&server, &["to=<bob@example.net>", "stat=Sent"]).is_some());
+    // Now the route verifies against a CA that did not sign the peer's certificate.
+    server.write_config(&config(&route("example.net", &hop, &verify_with(&pki))));
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        server.wait_log("configuration reloaded", WAIT),
+        "{}",
+        server.log()
+    );
+    send(&server, "carol@example.net");
+    let line = wait_line(&server, &["to=<carol@example.net>", "stat=Deferred"])
+        .unwrap_or_else(|| panic!("not deferred:\n{}", server.log()));
+    assert!(
+        line.contains("invalid peer certificate: UnknownIssuer"),
+        "{line}"
+    );
+    assert_eq!(stored(peer_dir.path()).len(), 1);
 }
 
 /// A fake DNS server, on a runtime of its own that lives as long as the test keeps it.

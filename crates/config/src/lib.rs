@@ -8,8 +8,9 @@
 //! collects every error it can.
 //! Must not: bind sockets, create directories, print, or exit; the binary decides what to
 //! do with the diagnostics (`portcullis check-config` prints them and exits 0 or 78).
-//! Files read: the config file (`load_file`) and the `local.users_file` and `route.ca_file`
-//! it names, nothing else. Relative paths are returned as written, relative to the working directory.
+//! Files read: the config file (`load_file`), the `local.users_file` and `route.ca_file`
+//! it names and the `tls.cert` / `tls.key` pair (checked to match), nothing else. Relative
+//! paths are returned as written, relative to the working directory.
 //! Invariants: `Ok` means no `Severity::Error` was found; `Err` holds every diagnostic,
 //! warnings included, sorted by position.
 
@@ -26,6 +27,7 @@ mod raw;
 pub mod relay;
 pub mod route_tls;
 mod timeouts;
+pub mod tls;
 mod validate;
 
 use std::path::Path;
@@ -39,6 +41,7 @@ pub use model::{
 };
 pub use relay::{RelayConfig, Route, RouteDomain, Routes};
 pub use route_tls::{CaFile, RouteTls};
+pub use tls::{ClientPattern, TlsConfig, TlsIdentity, TlsVersion};
 
 use diagnostic::Report;
 use validate::HostnameSource;

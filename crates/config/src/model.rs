@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::relay::{RelayConfig, Routes};
+use crate::tls::TlsConfig;
 
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct Config {
     pub routes: Routes,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// `[tls]`: STARTTLS is offered when a certificate is configured (None: not offered).
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[metrics]`: where `/metrics` is served (Prometheus text); None = not served.

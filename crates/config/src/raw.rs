@@ -57,6 +57,8 @@ pub(crate) struct RawConfig {
     pub(crate) relay: RawRelay,
     #[serde(default)]
     pub(crate) metrics: RawMetrics,
+    #[serde(default)]
+    pub(crate) tls: RawTls,
     /// `[[route]]` tables, in the order written.
     #[serde(default)]
     pub(crate) route: Vec<Spanned<RawRoute>>,
@@ -67,6 +69,17 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawRelay {
     pub(crate) domains: TextList,
     pub(crate) networks: TextList,
+}
+
+/// `[tls]`: the server's certificate for STARTTLS, and who must use it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [tls] table")]
+pub(crate) struct RawTls {
+    pub(crate) cert: Text,
+    pub(crate) key: Text,
+    pub(crate) min_version: Text,
+    pub(crate) request_client_cert: Option<Spanned<bool>>,
+    pub(crate) required_for: TextList,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +311,7 @@ pub(crate) struct RawTimeouts {
     pub(crate) quit: Text,
     pub(crate) misc: Text,
     pub(crate) command: Text,
+    pub(crate) starttls: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,7 +370,7 @@ pub(crate) fn parse(src: &str, report: &mut Report<'_>) -> Option<RawConfig> {
 }
 
 /// The sections of the file, i.e. the fields of `RawConfig`.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "smtp",
     "local",
@@ -371,6 +385,7 @@ const SECTIONS: [&str; 14] = [
     "limits",
     "load",
     "relay",
+    "tls",
 ];
 
 /// A section given as something other than a table (`server = 5`, or `[[server]]`) is

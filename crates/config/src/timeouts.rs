@@ -29,7 +29,7 @@ pub(crate) fn timeouts(raw: &RawTimeouts, report: &mut Report<'_>) -> Timeouts {
     let d = DEFAULT_TIMEOUTS;
     let mut t = d;
     // Each row: the key, where its value goes, and its default.
-    let rows: [(Key<'_>, &mut Duration, Duration); 11] = [
+    let rows: [(Key<'_>, &mut Duration, Duration); 12] = [
         (
             key("initial", &raw.initial, 5, Some(Phase::Initial)),
             &mut t.initial,
@@ -80,6 +80,12 @@ pub(crate) fn timeouts(raw: &RawTimeouts, report: &mut Report<'_>) -> Timeouts {
             key("command", &raw.command, 5, None),
             &mut t.command,
             d.command,
+        ),
+        // The TLS handshake: not a command read, and RFC 5321 gives it no minimum.
+        (
+            key("starttls", &raw.starttls, 0, None),
+            &mut t.starttls,
+            d.starttls,
         ),
     ];
     let mut capped = Vec::new();

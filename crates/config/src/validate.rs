@@ -28,7 +28,7 @@ use crate::raw::{
     RawBareLf, RawConfig, RawDelayChecks, RawLog, RawLogDestination, RawLogFormat, RawMetrics,
     RawQueue, RawServer, RawSmtp, Text, TextList,
 };
-use crate::{admission, defences, load, local, relay, timeouts};
+use crate::{admission, defences, load, local, relay, timeouts, tls};
 
 /// Where the machine's host name comes from; a parameter so tests need not depend on the
 /// name of the machine they run on.
@@ -69,6 +69,7 @@ pub(crate) fn config(
         relay: relay::relay(&raw.relay, report),
         routes,
         metrics,
+        tls: tls::tls(&raw.tls, report),
     }
 }
 

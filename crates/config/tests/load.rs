@@ -1470,6 +1470,7 @@ fn metrics_listen_on_a_server_listen_address_is_an_error() {
         let src = config(metrics, server);
         load_str(&src, "p.toml").unwrap_or_else(|d| panic!("{src:?}: {d:#?}"));
     }
+}
 
 /// A CA certificate in PEM, made by rcgen.
 fn ca_pem() -> String {

@@ -3,7 +3,11 @@
 //! Role: the thin async loop of design.md §3.1 (quinn's `drive_timer`). It reads when the
 //! session wants input, writes what the session replied, answers the session's questions by
 //! calling policy, hands finished messages to the spool's group committer and sleeps until
-//! the session's deadline. It logs the session's notes through telemetry.
+//! the session's deadline. It logs the session's notes through telemetry. On STARTTLS it
+//! writes the 220, runs the handshake (bounded by the session's `starttls` deadline) on the
+//! same socket and goes on over TLS; it keeps no bytes of its own between reads (each read
+//! goes to the session whole), so the plaintext the session discards after STARTTLS is all
+//! there was.
 //!
 //! Must not: make SMTP decisions (the session and policy do) or read the clock outside
 //! [`crate::clock`]. Generic over the stream so tests drive it over `tokio::io::duplex` with
@@ -38,6 +42,7 @@ use crate::greet::{self, Admitted, Opening, Paused};
 use crate::load::LoadAction;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Event;
+use crate::tls::Stream;
 
 const MIN_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -113,50 +118,22 @@ where
         checks: SessionChecks::default(),
         client_relays: false,
         held_back: ticket.held_back(),
+        starttls: None,
         _ticket: ticket,
     };
     let Some(mut session) = driver.open(client, connected_at, &admitted, &buf[..input]) else {
         return; // Dropped by admission: not a word.
     };
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut shutdown_seen = false;
-    loop {
-        driver.update_delay(&mut session);
-        driver.drain_events(&mut session);
-        if session.has_output() {
-            let out = session.take_output();
-            let limit = driver.rt.session.timeouts.command;
-            match tokio::time::timeout(limit, wr.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                _ => break, // The client stopped reading or went away.
-            }
-        }
-        if session.is_closed() {
-            break;
-        }
-        let deadline = session.poll_timeout();
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled(), if !shutdown_seen => {
-                shutdown_seen = true;
-                session.shutdown();
-            }
-            result = recv_commit(&mut driver.pending) => driver.commit_finished(&mut session, result),
-            n = rd.read(&mut buf), if session.wants_input() => match n {
-                Ok(0) | Err(_) => session.handle_eof(clock::now()),
-                Ok(n) => {
-                    let now = clock::now();
-                    first_input.get_or_insert(now);
-                    driver.update_delay(&mut session);
-                    session.handle_input(&buf[..n], now);
-                    resize_read_buffer(&mut buf, n);
-                }
-            },
-            () = sleep_until(deadline) => session.handle_timeout(clock::now()),
-        }
-    }
+    converse(
+        &mut driver,
+        &mut session,
+        stream,
+        buf,
+        &shutdown,
+        &mut first_input,
+    )
+    .await;
     driver.drain_events(&mut session);
-    let _ = tokio::time::timeout(driver.rt.session.timeouts.quit, wr.shutdown()).await;
     // Sendmail logs this for every session that ends without MAIL, except in rejecting mode.
     if !session.stats().mail_issued && !session.is_rejecting() && !driver.quiet_end {
         driver.shared.telemetry.emit(Event::NoMailIssued {
@@ -178,6 +155,75 @@ where
         messages: session.stats().messages,
         held_back: driver.held_back,
     });
+}
+
+/// The dialogue's loop, from the greeting to the end of the session; STARTTLS swaps the
+/// plaintext stream for TLS on the way.
+async fn converse<S>(
+    driver: &mut Driver,
+    session: &mut Session,
+    stream: S,
+    mut buf: Vec<u8>,
+    shutdown: &CancellationToken,
+    first_input: &mut Option<Instant>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = Stream::Plain(stream);
+    let mut shutdown_seen = false;
+    loop {
+        driver.update_delay(session);
+        driver.drain_events(session);
+        if session.has_output() {
+            let out = session.take_output();
+            if !write_out(&mut stream, &out, driver.rt.session.timeouts.command).await {
+                break; // The client stopped reading or went away.
+            }
+        }
+        if session.is_closed() {
+            break;
+        }
+        if let Some(discarded) = driver.starttls.take() {
+            let Some(upgraded) = driver.start_tls(stream, session, discarded).await else {
+                return; // The handshake failed: the socket is gone with it.
+            };
+            stream = upgraded;
+            continue;
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if !shutdown_seen => {
+                shutdown_seen = true;
+                session.shutdown();
+            }
+            result = recv_commit(&mut driver.pending) => driver.commit_finished(session, result),
+            n = stream.read(&mut buf), if session.wants_input() => match n {
+                Ok(0) | Err(_) => session.handle_eof(clock::now()),
+                Ok(n) => {
+                    let now = clock::now();
+                    first_input.get_or_insert(now);
+                    driver.update_delay(session);
+                    session.handle_input(&buf[..n], now);
+                    resize_read_buffer(&mut buf, n);
+                }
+            },
+            () = sleep_until(deadline) => session.handle_timeout(clock::now()),
+        }
+    }
+    let _ = tokio::time::timeout(driver.rt.session.timeouts.quit, stream.shutdown()).await;
+}
+
+/// Writes `out` and flushes it (TLS holds written bytes until flushed) within `limit`.
+async fn write_out<S>(stream: &mut Stream<S>, out: &[u8], limit: std::time::Duration) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let write = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    };
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }
 
 /// The bytes that came before the session starts: the early byte the pause read, plus, for
@@ -254,6 +300,9 @@ struct Driver {
     client_relays: bool,
     /// A rejection line of this session was held back by a rejection summary.
     held_back: bool,
+    /// The session accepted STARTTLS: the handshake comes after the 220 is written. The
+    /// number is the plaintext it discarded.
+    starttls: Option<usize>,
     /// The connection's place in the admission counts, held until the session ends.
     _ticket: Ticket,
 }
@@ -279,8 +328,15 @@ impl Driver {
             .access
             .lookup_client_for(Tag::SrvFeatures, client.name.as_deref(), client.addr)
             .map_or_else(ClientFeatures::default, |e| ClientFeatures::parse(e.value));
+        // `[tls] required_for`: policy picks the clients, the session refuses their MAIL.
+        let tls_required = self.rt.config.tls.as_ref().is_some_and(|t| {
+            self.rt.tls.is_some() && t.required_for(client.addr, client.name.as_deref())
+        });
         let feed = |session: &mut Session| {
             session.set_features(features);
+            if tls_required {
+                session.require_tls();
+            }
             session.set_command_delay(delay.clone());
             if !input.is_empty() {
                 session.handle_input(input, now);
@@ -488,6 +544,62 @@ impl Driver {
         }
     }
 
+    /// The handshake after `220 Ready to start TLS`, by the session's `starttls` deadline.
+    /// Logs the outcome; None when it failed (the session is closed, the socket dropped).
+    async fn start_tls<S>(
+        &mut self,
+        stream: Stream<S>,
+        session: &mut Session,
+        discarded: usize,
+    ) -> Option<Stream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let relay = self.relay.as_str();
+        let telemetry = &self.shared.telemetry;
+        if discarded > 0 {
+            telemetry.emit(Event::TlsPlaintextDiscarded {
+                relay,
+                bytes: discarded,
+            });
+        }
+        // The session offers STARTTLS only with a certificate, and only once.
+        let (Stream::Plain(io), Some(tls)) = (stream, self.rt.tls.as_ref()) else {
+            session.tls_failed();
+            return None;
+        };
+        let limit = self.rt.session.timeouts.starttls;
+        let deadline = session
+            .poll_timeout()
+            .unwrap_or_else(|| clock::now() + limit);
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let failed = |reason: &str, timed_out| {
+            telemetry.emit(Event::TlsFailed {
+                relay,
+                reason,
+                timed_out,
+            });
+        };
+        match tokio::time::timeout_at(deadline, tls.accept(io)).await {
+            Ok(Ok((tls_stream, info))) => {
+                telemetry.emit(Event::TlsStarted { relay, info: &info });
+                session.tls_established(info, clock::now());
+                Some(Stream::Tls(Box::new(tls_stream)))
+            }
+            Ok(Err(e)) => {
+                failed(&e.to_string(), false);
+                session.tls_failed();
+                None
+            }
+            Err(_) => {
+                let limit = humantime::format_duration(limit);
+                failed(&format!("handshake not done within {limit}"), true);
+                session.tls_failed();
+                None
+            }
+        }
+    }
+
     /// The session's queue id, or else an id made once for its log lines.
     fn log_id(&mut self, session: &Session) -> String {
         if let Some(qid) = session.queue_id() {
@@ -521,6 +633,7 @@ impl Driver {
                 SessionEvent::Ask(ask) => self.answer(session, &ask),
                 SessionEvent::Commit(message) => self.commit(session, *message),
                 SessionEvent::Note(note) => self.record(session, note),
+                SessionEvent::StartTls { discarded } => self.starttls = Some(discarded),
             }
         }
     }
@@ -597,6 +710,7 @@ impl Driver {
             &message.helo,
             message.protocol,
             id.as_str(),
+            message.tls.as_ref(),
             &message.recipients,
             &date,
         );

@@ -77,6 +77,7 @@ pub struct Metrics {
     dsns: Family<Labels1, Counter>,
     relay_tls: Family<Labels1, Counter>,
     sessions_closed: Counter,
+    tls_handshakes: Family<Labels1, Counter>,
     sessions_in_flight: Gauge,
     queue: Family<Labels1, Gauge>,
     first_input: Histogram,
@@ -136,6 +137,12 @@ impl Metrics {
             "SMTP sessions ended after the greeting pause",
             sessions_closed.clone(),
         );
+        let tls_handshakes = Family::<Labels1, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "STARTTLS handshakes, by outcome (ok, failed, timeout)",
+            tls_handshakes.clone(),
+        );
         let sessions_in_flight = Gauge::default();
         registry.register(
             "sessions_in_flight",
@@ -174,6 +181,7 @@ impl Metrics {
             dsns,
             relay_tls,
             sessions_closed,
+            tls_handshakes,
             sessions_in_flight,
             queue,
             first_input,
@@ -195,6 +203,9 @@ impl Metrics {
         }
         // The names come from summary::Defence, as the events' labels do (a literal here
         // once said "relay" while the events counted "relay_denied").
+        for outcome in ["ok", "failed", "timeout"] {
+            let _ = self.tls_handshakes.get_or_create(&[("outcome", outcome)]);
+        }
         for defence in [
             summary::Defence::GreetPause,
             summary::Defence::RateControl,
@@ -243,6 +254,11 @@ impl Metrics {
                 };
                 self.delivery(mailer, outcome);
             }
+            Event::TlsStarted { .. } => self.tls_handshake("ok"),
+            Event::TlsFailed { timed_out, .. } => {
+                self.tls_handshake(if *timed_out { "timeout" } else { "failed" });
+            }
+            Event::TlsPlaintextDiscarded { .. } => self.finding("starttls_injection", "discarded"),
             Event::DsnQueued { .. } => self.dsn("queued"),
             Event::DsnDropped { .. } => self.dsn("dropped"),
             Event::RelayTls { report, .. } => {
@@ -294,6 +310,12 @@ impl Metrics {
         };
         self.deliveries
             .get_or_create(&[("mailer", mailer), ("outcome", outcome)])
+            .inc();
+    }
+
+    fn tls_handshake(&self, outcome: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&[("outcome", outcome)])
             .inc();
     }
 

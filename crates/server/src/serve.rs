@@ -7,7 +7,9 @@
 //! Signals: SIGTERM/SIGINT stop accepting, give idle sessions `421 4.3.2 ... Service shutting
 //! down`, let a DATA in progress finish within `shutdown_grace`, drain the committer (every
 //! message acknowledged is on disk) and stop the queue runner. SIGHUP reloads the file
-//! atomically for new sessions; a bad file is logged and the old configuration kept.
+//! atomically for new sessions; a bad file is logged and the old configuration kept. That
+//! includes `[tls]`: the certificate and key are read again, and a bad or mismatched pair
+//! keeps the old pair (and everything else of the old configuration) in force.
 //! Listen addresses and the log's format and destination are read at start only; the
 //! rejection-summary keys (`log.summary_*`) follow a reload, keeping the counts.
 //!
@@ -135,7 +137,9 @@ pub fn build_with_names(
         config.limits.max_tracked_clients,
     ));
     let shared = Arc::new(Shared {
-        runtime: ArcSwap::from_pointee(Runtime::new(config, &access, names)),
+        runtime: ArcSwap::from_pointee(
+            Runtime::new(config, &access, names).map_err(anyhow::Error::msg)?,
+        ),
         telemetry,
         spool,
         committer,
@@ -345,11 +349,22 @@ pub async fn reload(shared: &Shared, config_path: Option<&Path>) {
             if let Some(file) = &config.access.file {
                 access::report_loaded(&shared.telemetry, file, &access);
             }
-            shared.telemetry.configure_summaries(config.log.summaries);
-            shared.replace_runtime(Runtime::new(config, &access, names));
-            shared
-                .telemetry
-                .emit(Event::ConfigReloaded { origin: &origin });
+            let summaries = config.log.summaries;
+            match Runtime::new(config, &access, names) {
+                Ok(runtime) => {
+                    shared.telemetry.configure_summaries(summaries);
+                    shared.replace_runtime(runtime);
+                    shared
+                        .telemetry
+                        .emit(Event::ConfigReloaded { origin: &origin });
+                }
+                Err(error) => {
+                    shared.telemetry.emit(Event::ConfigReloadFailed {
+                        origin: &origin,
+                        error: &error,
+                    });
+                }
+            }
         }
         Err(error) => {
             shared.telemetry.emit(Event::ConfigReloadFailed {

@@ -1,7 +1,7 @@
 //! Shared server state: what every connection and the queue runner can reach.
 //!
 //! Role: [`Runtime`] is everything derived from one configuration load (session settings,
-//! policy, the access map, the name resolver); it sits in an `ArcSwap` so SIGHUP (or a changed
+//! policy, the access map, the name resolver, the STARTTLS certificate); it sits in an `ArcSwap` so SIGHUP (or a changed
 //! access file) replaces it atomically while sessions in flight keep the one they started with.
 //! [`Shared`] holds the long-lived handles (telemetry, spool, committer, queue-id generator,
 //! queue runner notifier, the greet-pause pass cache, the per-client connection counts, the
@@ -32,6 +32,7 @@ use crate::load::LoadMonitor;
 use crate::queue::QueueHandle;
 use crate::relay_tls::RelayTls;
 use crate::telemetry::Telemetry;
+use crate::tls::Tls;
 
 /// Everything resolved from one configuration load.
 pub struct Runtime {
@@ -49,6 +50,9 @@ pub struct Runtime {
     pub names: Arc<dyn ReverseLookup>,
     /// STARTTLS towards next hops (built here, so once per load, never per connection).
     pub relay_tls: RelayTls,
+    /// STARTTLS, when `[tls]` has a certificate (a session keeps the one it started with, so
+    /// a reload with a new certificate affects new sessions only).
+    pub tls: Option<Tls>,
 }
 
 impl fmt::Debug for Runtime {
@@ -62,7 +66,15 @@ impl fmt::Debug for Runtime {
 
 impl Runtime {
     /// Resolves a configuration once (parse, don't validate: no string handling later).
-    pub fn new(config: Config, access: &LoadedMap, names: Arc<dyn ReverseLookup>) -> Self {
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built from the (already checked) certificate.
+    pub fn new(
+        config: Config,
+        access: &LoadedMap,
+        names: Arc<dyn ReverseLookup>,
+    ) -> Result<Self, String> {
+        let tls = config.tls.as_ref().map(Tls::new).transpose()?;
         let session = SessionConfig {
             hostname: config.server.hostname.clone(),
             max_message_bytes: config.server.max_message_bytes,
@@ -86,6 +98,7 @@ impl Runtime {
                 pipelining: config.smtp.pipelining_action,
                 command_abuse: config.limits.command_abuse_action,
             },
+            starttls: tls.is_some(),
             ..SessionConfig::new(config.server.hostname.clone())
         };
         let recipients = LocalRecipients::new(
@@ -93,7 +106,7 @@ impl Runtime {
             config.local.users.iter().cloned(),
         )
         .with_relay_domains(config.relay.domains.iter().cloned());
-        Self {
+        Ok(Self {
             session: Arc::new(session),
             policy: Policy { recipients },
             access: access.map.clone(),
@@ -101,7 +114,8 @@ impl Runtime {
             names,
             relay_tls: RelayTls::new(&config.routes),
             config,
-        }
+            tls,
+        })
     }
 
     /// The same runtime with another access map (the file changed).
@@ -114,6 +128,7 @@ impl Runtime {
             access_stamp: access.stamp,
             names: self.names.clone(),
             relay_tls: self.relay_tls.clone(),
+            tls: self.tls.clone(),
         }
     }
 }

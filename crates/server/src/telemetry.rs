@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use portcullis_config::{LogDestination, LogFormat, SummaryConfig};
 
-use portcullis_smtp::{Action, Finding, RcptFlood};
+use portcullis_smtp::{Action, Finding, RcptFlood, TlsInfo};
 
 use crate::clock;
 use crate::load::Reading;
@@ -338,6 +338,19 @@ pub enum Event<'a> {
     RejectionSummary { summary: &'a Summary },
     /// STARTTLS with one host of a relay attempt (Sendmail's `STARTTLS=client` line).
     RelayTls { qid: &'a str, report: &'a TlsReport },
+    /// STARTTLS succeeded: Sendmail's `STARTTLS=server, relay=..., version=TLSv1.3,
+    /// verify=NO, cipher=TLS_AES_256_GCM_SHA384, bits=256/256`.
+    TlsStarted { relay: &'a str, info: &'a TlsInfo },
+    /// The TLS handshake failed or ran out of `timeouts.starttls`; the connection is closed
+    /// (Sendmail: `STARTTLS=server, error: accept failed=..., relay=...`).
+    TlsFailed {
+        relay: &'a str,
+        reason: &'a str,
+        timed_out: bool,
+    },
+    /// Plaintext the client sent after STARTTLS was thrown away, never executed (the
+    /// CVE-2011-0411 class of command injection).
+    TlsPlaintextDiscarded { relay: &'a str, bytes: usize },
 }
 
 /// An event rendered once.
@@ -809,6 +822,38 @@ impl Event<'_> {
                 r(name, Notice, Some(qid), text)
             }
             Self::Discarded { qid } => r("access_discarded", Notice, Some(qid), "discarded".to_owned()),
+            Self::TlsStarted { relay, info } => r(
+                "tls_started",
+                Info,
+                None,
+                format!(
+                    "STARTTLS=server, relay={relay}, version={}, verify={}, cipher={}, bits={}/{}",
+                    info.version,
+                    info.verify.name(),
+                    info.cipher,
+                    info.bits,
+                    info.bits
+                ),
+            ),
+            Self::TlsFailed {
+                relay,
+                reason,
+                timed_out,
+            } => r(
+                "tls_failed",
+                Warning,
+                None,
+                format!("STARTTLS=server, error: accept failed, reason={reason}, relay={relay}"),
+            )
+            .with("timed_out", if timed_out { "true" } else { "false" }),
+            Self::TlsPlaintextDiscarded { relay, bytes } => r(
+                "tls_plaintext_discarded",
+                Notice,
+                None,
+                format!(
+                    "STARTTLS=server, relay={relay}, discarded {bytes} bytes of plaintext sent after STARTTLS (not executed)"
+                ),
+            ),
             Self::SessionDefence {
                 client: _,
                 qid,

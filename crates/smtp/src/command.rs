@@ -40,7 +40,10 @@ pub enum Command {
     Etrn,
     /// `HELP [topic]`.
     Help,
-    /// Anything else, including commands we do not offer (STARTTLS without TLS, AUTH, BDAT).
+    /// `STARTTLS` (RFC 3207); true when arguments followed it (a syntax error when TLS is
+    /// offered). The session treats it as unknown when TLS is not offered.
+    StartTls(bool),
+    /// Anything else, including commands we do not offer (AUTH, BDAT).
     Unknown,
 }
 
@@ -60,6 +63,7 @@ impl Command {
             Self::Expn => "EXPN",
             Self::Etrn => "ETRN",
             Self::Help => "HELP",
+            Self::StartTls(_) => "STARTTLS",
             Self::Unknown => "UNKNOWN",
         }
     }
@@ -96,6 +100,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         b"EXPN" => Ok(Command::Expn),
         b"ETRN" => Ok(Command::Etrn),
         b"HELP" => Ok(Command::Help),
+        b"STARTTLS" => Ok(Command::StartTls(!args.is_empty())),
         _ => Ok(Command::Unknown),
     }
 }
@@ -396,7 +401,9 @@ mod tests {
             (b"HELP\r\n", Command::Help),
             (b"FOOBAR baz\r\n", Command::Unknown),
             (b"\r\n", Command::Unknown),
-            (b"STARTTLS\r\n", Command::Unknown),
+            (b"STARTTLS\r\n", Command::StartTls(false)),
+            (b"starttls \r\n", Command::StartTls(false)),
+            (b"STARTTLS now\r\n", Command::StartTls(true)),
             (b"From: hal@deer-run.com\r\n", Command::Unknown),
             (b"GET / HTTP/1.0\r\n", Command::Unknown),
             (b"\x00\x01\x02\r\n", Command::Unknown),

@@ -39,7 +39,7 @@ pub use reply::Reply;
 pub use session::{
     Ask, ClientFeatures, ClientInfo, CommandDelay, CommitError, DELAY_NOTE_EVERY, DefenceActions,
     Event, Finding, Message, Note, RcptFlood, Session, SessionConfig, SessionStats, Timeouts,
-    Verdict, WaitPhase, received_header, sendmail_address,
+    TlsInfo, TlsVerify, Verdict, WaitPhase, received_header, sendmail_address,
 };
 
 /// RFC 5321 §4.5.3.1.4: the maximum total length of a command line including the CRLF.

@@ -104,8 +104,16 @@ pub fn helo(hostname: &str, client: &str) -> Reply {
 
 /// The EHLO reply: the hello line, then the extensions we offer (RFC 5321 §4.1.1.1), in
 /// Sendmail's order. SIZE carries the configured maximum (RFC 1870); PIPELINING is left out
-/// when it is not offered to this client (`[smtp] pipelining = false`, `Srv_Features: P`).
-pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64, pipelining: bool) -> Reply {
+/// when it is not offered to this client (`[smtp] pipelining = false`, `Srv_Features: P`);
+/// STARTTLS (RFC 3207) is offered only while a certificate is configured and the session is
+/// not in TLS yet (Sendmail lists it after AUTH, before HELP).
+pub fn ehlo(
+    hostname: &str,
+    client: &str,
+    max_message_bytes: u64,
+    pipelining: bool,
+    starttls: bool,
+) -> Reply {
     let mut lines = vec![
         format!("{hostname} Hello {client}, pleased to meet you"),
         "ENHANCEDSTATUSCODES".to_owned(),
@@ -117,8 +125,11 @@ pub fn ehlo(hostname: &str, client: &str, max_message_bytes: u64, pipelining: bo
         "8BITMIME".to_owned(),
         format!("SIZE {max_message_bytes}"),
         "SMTPUTF8".to_owned(),
-        "HELP".to_owned(),
     ]);
+    if starttls {
+        lines.push("STARTTLS".to_owned());
+    }
+    lines.push("HELP".to_owned());
     Reply { code: 250, lines }
 }
 
@@ -286,6 +297,35 @@ pub fn bad_parameter(param: &str) -> Reply {
     Reply::new(501, format!("5.5.4 Syntax error in parameter {param}"))
 }
 
+/// `220 2.0.0 Ready to start TLS` (RFC 3207 §4; Sendmail's text).
+pub fn ready_to_start_tls() -> Reply {
+    Reply::new(220, "2.0.0 Ready to start TLS")
+}
+
+/// `501 5.5.2 Syntax error (no parameters allowed)`: STARTTLS takes no argument (RFC 3207
+/// §4; Sendmail's code and text, srvrsmtp.c).
+pub fn starttls_no_parameters() -> Reply {
+    Reply::new(501, "5.5.2 Syntax error (no parameters allowed)")
+}
+
+/// `503 5.5.0 TLS not permitted during a mail transaction` (Sendmail): RFC 3207 §4.2 resets
+/// the session after the handshake, which would silently drop the open transaction.
+pub fn tls_in_transaction() -> Reply {
+    Reply::new(503, "5.5.0 TLS not permitted during a mail transaction")
+}
+
+/// `454 4.3.3 TLS not available after start`: STARTTLS inside TLS (RFC 3207 §4.2 forbids a
+/// second one). Sendmail's reply when it no longer offers TLS on the connection.
+pub fn tls_already_active() -> Reply {
+    Reply::new(454, "4.3.3 TLS not available after start")
+}
+
+/// `530 5.7.0 Must issue a STARTTLS command first` (RFC 3207 §4; Postfix's text): MAIL from a
+/// client `[tls] required_for` lists, before TLS.
+pub fn must_starttls() -> Reply {
+    Reply::new(530, "5.7.0 Must issue a STARTTLS command first")
+}
+
 /// `503 5.5.1 Polite people say HELO first`.
 pub fn need_helo() -> Reply {
     Reply::new(503, "5.5.1 Polite people say HELO first")
@@ -404,17 +444,24 @@ mod tests {
     #[test]
     fn writes_single_and_multi_line() {
         assert_eq!(wire(&ok()), "250 2.0.0 OK\r\n");
-        let r = ehlo("mx", "[127.0.0.1]", 1000, true);
+        let r = ehlo("mx", "[127.0.0.1]", 1000, true, false);
         assert_eq!(
             wire(&r),
             "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
              250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n250 HELP\r\n"
         );
-        let r = ehlo("mx", "[127.0.0.1]", 1000, false);
+        let r = ehlo("mx", "[127.0.0.1]", 1000, false, false);
         assert_eq!(
             wire(&r),
             "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
              250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n250 HELP\r\n"
+        );
+        let r = ehlo("mx", "[127.0.0.1]", 1000, true, true);
+        assert_eq!(
+            wire(&r),
+            "250-mx Hello [127.0.0.1], pleased to meet you\r\n250-ENHANCEDSTATUSCODES\r\n\
+             250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250-SMTPUTF8\r\n\
+             250-STARTTLS\r\n250 HELP\r\n"
         );
     }
 

@@ -27,6 +27,10 @@ use crate::command::{self, Command, MailParams};
 use crate::data::{BareLineEndings, DataProblem, DataReceiver};
 use crate::reply::{self, Reply};
 
+mod starttls;
+
+pub use starttls::{TlsInfo, TlsVerify};
+
 /// Per-phase timeouts (Sendmail's names; see docs/config.md for what each phase is).
 /// The configuration crate re-exports this type, so there is one definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +57,15 @@ pub struct Timeouts {
     pub misc: Duration,
     /// Cap on every command read.
     pub command: Duration,
+    /// STARTTLS: from the `220 Ready to start TLS` to the end of the handshake (Sendmail's
+    /// `Timeout.starttls`). Inside TLS the other phases apply as before.
+    pub starttls: Duration,
 }
 
 impl Timeouts {
     /// RFC 5321 §4.5.3.2's values (quit and misc have none there; 2m follows Sendmail).
+    /// STARTTLS has none either: 1m, ample for a handshake (Sendmail's 1h would let a client
+    /// that stalls mid-handshake hold its connection for an hour).
     pub const RFC5321: Self = Self {
         initial: Duration::from_secs(5 * 60),
         helo: Duration::from_secs(5 * 60),
@@ -69,6 +78,7 @@ impl Timeouts {
         quit: Duration::from_secs(2 * 60),
         misc: Duration::from_secs(2 * 60),
         command: Duration::from_secs(5 * 60),
+        starttls: Duration::from_secs(60),
     };
 
     /// The configured timeout of `phase`, without the cap.
@@ -84,6 +94,7 @@ impl Timeouts {
             WaitPhase::Rset => self.rset,
             WaitPhase::Quit => self.quit,
             WaitPhase::Misc => self.misc,
+            WaitPhase::StartTls => self.starttls,
         }
     }
 
@@ -143,6 +154,9 @@ pub struct SessionConfig {
     pub max_noop_commands: u32,
     /// What each of the session's own defences does with a finding.
     pub actions: DefenceActions,
+    /// STARTTLS is offered (RFC 3207): a certificate is configured. Without it STARTTLS is
+    /// an unknown command, as in a Sendmail built without TLS.
+    pub starttls: bool,
 }
 
 /// The `action` of each defence the session runs itself.
@@ -200,6 +214,7 @@ impl SessionConfig {
             pipelining: true,
             max_noop_commands: 20,
             actions: DefenceActions::default(),
+            starttls: false,
         }
     }
 }
@@ -291,8 +306,10 @@ pub struct Message {
     pub recipients: Vec<String>,
     /// The HELO/EHLO argument.
     pub helo: String,
-    /// `ESMTP` after EHLO, `SMTP` after HELO.
+    /// `ESMTP` after EHLO, `ESMTPS` after EHLO inside TLS (RFC 3848), `SMTP` after HELO.
     pub protocol: &'static str,
+    /// The TLS session the message came through, if any (for the Received header).
+    pub tls: Option<TlsInfo>,
     /// The message as received (unstuffed, CRLF), without our Received header.
     pub data: Vec<u8>,
 }
@@ -454,6 +471,14 @@ pub enum Event {
     Commit(Box<Message>),
     /// Something to record.
     Note(Note),
+    /// STARTTLS was accepted and `220 2.0.0 Ready to start TLS` queued: write the output,
+    /// drop whatever else was read, do the TLS handshake (by [`Session::poll_timeout`]), then
+    /// call [`Session::tls_established`] or [`Session::tls_failed`].
+    StartTls {
+        /// Plaintext bytes the client sent after the STARTTLS line, thrown away unread (the
+        /// CVE-2011-0411 class of command injection).
+        discarded: usize,
+    },
 }
 
 /// Which wait a deadline belongs to (Sendmail's timeout names).
@@ -479,6 +504,8 @@ pub enum WaitPhase {
     Quit,
     /// `misc`.
     Misc,
+    /// `starttls`: the TLS handshake after `220 Ready to start TLS`.
+    StartTls,
 }
 
 impl WaitPhase {
@@ -504,6 +531,7 @@ impl WaitPhase {
             Self::Rset => "rset",
             Self::Quit => "quit",
             Self::Misc => "misc",
+            Self::StartTls => "starttls",
         }
     }
 }
@@ -535,6 +563,8 @@ enum Phase {
     Committing,
     /// Holding this command line until the deadline (a deliberate delay).
     Delaying(Vec<u8>),
+    /// The 220 to STARTTLS is out; the driver does the handshake. No input is taken.
+    StartTls,
     /// Done; the driver should flush and close.
     Closed,
 }
@@ -605,6 +635,10 @@ pub struct Session {
     /// HELO/EHLO, NOOP, VRFY/EXPN and ETRN commands so far (Sendmail's checksmtpattack).
     abuse: [u32; 4],
     stats: SessionStats,
+    /// The TLS session, once STARTTLS succeeded.
+    tls: Option<TlsInfo>,
+    /// MAIL is refused before TLS (`[tls] required_for` lists this client).
+    tls_required: bool,
 }
 
 /// Findings noted once per session when their action is `ignore` (they would otherwise
@@ -655,6 +689,8 @@ impl Session {
             features: ClientFeatures::default(),
             abuse: [0; 4],
             stats: SessionStats::default(),
+            tls: None,
+            tls_required: false,
         };
         s.send(greeting);
         s.arm(WaitPhase::Initial, now);
@@ -699,7 +735,8 @@ impl Session {
 
     /// Bytes from the client.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        if matches!(self.phase, Phase::Closed) {
+        // Plaintext after STARTTLS is never kept: only the handshake may follow it.
+        if matches!(self.phase, Phase::Closed | Phase::StartTls) {
             return;
         }
         self.input.extend_from_slice(data);
@@ -753,6 +790,8 @@ impl Session {
                 self.handle_line(&line, now);
                 self.process(now);
             }
+            // The driver's handshake ran past `starttls` without telling us: give up.
+            Phase::StartTls => self.close(),
             Phase::Asking(_) | Phase::Closed => {}
         }
     }
@@ -916,7 +955,11 @@ impl Session {
                         }
                     }
                 }
-                Phase::Asking(_) | Phase::Committing | Phase::Delaying(_) | Phase::Closed => {
+                Phase::Asking(_)
+                | Phase::Committing
+                | Phase::Delaying(_)
+                | Phase::StartTls
+                | Phase::Closed => {
                     break;
                 }
             }
@@ -1079,6 +1122,7 @@ impl Session {
                 self.simple(reply::not_allowed(), WaitPhase::Misc, now, false);
             }
             Command::Help => self.simple(reply::help(), WaitPhase::Misc, now, false),
+            Command::StartTls(args) => self.cmd_starttls(args, line, now),
             Command::Quit => {
                 let r = reply::closing(&self.cfg.hostname);
                 self.send(&r);
@@ -1307,6 +1351,8 @@ impl Session {
             Some(reply::need_helo())
         } else if self.tx.is_some() {
             Some(reply::sender_already_specified())
+        } else if self.tls_required && self.tls.is_none() {
+            Some(reply::must_starttls())
         } else {
             match params.size {
                 Some(size) if size > self.cfg.max_message_bytes => {
@@ -1409,12 +1455,12 @@ impl Session {
                 self.end_transaction();
                 let client = self.client.display();
                 let r = if extended {
-                    let pipelining = self.offers_pipelining();
                     reply::ehlo(
                         &self.cfg.hostname,
                         &client,
                         self.cfg.max_message_bytes,
-                        pipelining,
+                        self.offers_pipelining(),
+                        self.offers_starttls(),
                     )
                 } else {
                     reply::helo(&self.cfg.hostname, &client)
@@ -1468,15 +1514,19 @@ impl Session {
                 let Some(tx) = self.tx.as_ref() else {
                     return;
                 };
-                let (helo, protocol) = match &self.helo {
-                    Some(h) => (h.name.clone(), if h.extended { "ESMTP" } else { "SMTP" }),
-                    None => (String::new(), "SMTP"),
+                // RFC 3848: ESMTPS for ESMTP inside STARTTLS; HELO stays SMTP (Sendmail).
+                let (helo, protocol) = match (&self.helo, self.tls.is_some()) {
+                    (Some(h), true) if h.extended => (h.name.clone(), "ESMTPS"),
+                    (Some(h), _) if h.extended => (h.name.clone(), "ESMTP"),
+                    (Some(h), _) => (h.name.clone(), "SMTP"),
+                    (None, _) => (String::new(), "SMTP"),
                 };
                 let message = Message {
                     sender: tx.sender.to_string(),
                     recipients: tx.recipients.iter().map(ToString::to_string).collect(),
                     helo,
                     protocol,
+                    tls: self.tls,
                     data,
                 };
                 self.events.push_back(Event::Commit(Box::new(message)));
@@ -1558,13 +1608,16 @@ impl Session {
 /// Our `Received:` header (RFC 5321 §4.4), prepended to the message when it is spooled.
 ///
 /// `for <addr>` is given only for a single recipient, so a message to many does not disclose
-/// the others.
+/// the others. A message that came through TLS gets Sendmail's comment after the id:
+/// `(version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384 bits=256 verify=NO)`.
+#[allow(clippy::too_many_arguments)] // Each is one field of the header; a struct adds nothing.
 pub fn received_header(
     hostname: &str,
     client: &ClientInfo,
     helo: &str,
     protocol: &str,
     queue_id: &str,
+    tls: Option<&TlsInfo>,
     recipients: &[String],
     date: &str,
 ) -> String {
@@ -1575,6 +1628,9 @@ pub fn received_header(
         "Received: from {helo} ({from_name}{sep}[{addr}])\r\n\tby {hostname} (Portcullis) with {protocol} id {queue_id}",
         sep = if from_name.is_empty() { "" } else { " " },
     );
+    if let Some(tls) = tls {
+        h.push_str(&format!("\r\n\t{}", tls.comment()));
+    }
     if let [only] = recipients {
         h.push_str(&format!("\r\n\tfor <{only}>"));
     }

@@ -103,6 +103,7 @@ impl Harness {
                     }
                 }
                 Event::Note(n) => self.notes.push(n),
+                Event::StartTls { .. } => panic!("STARTTLS is not offered in these tests"),
             }
         }
         let bytes = self.session.take_output();
@@ -626,6 +627,7 @@ fn received_header_format() {
         "c.example",
         "ESMTP",
         "QID1",
+        None,
         &["a@localhost".into()],
         "DATE",
     );
@@ -643,6 +645,7 @@ fn received_header_format() {
         "c",
         "SMTP",
         "Q",
+        None,
         &["a@x".into(), "b@x".into()],
         "D",
     );

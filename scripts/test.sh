@@ -13,6 +13,14 @@ need_pkg() { # command package
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$2" >/dev/null
 }
 need_pkg swaks swaks
+# The STARTTLS tests: OpenSSL's s_client (and RSA test keys from openssl genpkey); swaks
+# speaks TLS through Net::SSLeay.
+need_pkg openssl openssl
+if ! perl -MNet::SSLeay -e1 2>/dev/null; then
+    echo "test.sh: installing libnet-ssleay-perl (for swaks --tls)"
+    if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq libnet-ssleay-perl >/dev/null
+fi
 need_pkg python3 python3
 # The import test compares its m4 texts with the real m4 over Sendmail's cf files.
 need_pkg m4 m4

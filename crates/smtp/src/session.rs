@@ -11,6 +11,9 @@
 //! [`Session::answer`]. A finished message becomes [`Event::Commit`]; the session waits for
 //! [`Session::commit_done`] before replying, so `250` is only ever sent for a durable message.
 //!
+//! STARTTLS (RFC 3207) is in the child module `starttls`: the command, the discarding of
+//! plaintext pipelined behind it, and the reset after the handshake the driver does.
+//!
 //! Must not: read a socket or the clock, log, or block. Invariants: input is buffered only up to
 //! one command line (512 octets) plus whatever arrived while the session waits for an answer
 //! (the driver does not read in that state, see [`Session::wants_input`]); the event queue holds

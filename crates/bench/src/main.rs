@@ -2,8 +2,9 @@
 //! server on this machine — `throughput` (messages/s, latency), `held`
 //! (server memory per idle connection), `flood` (an exempt client's latency under a
 //! connection flood), `relay` (relay throughput end to end, through a `portcullis serve`
-//! it starts itself, to a sink in this process) and `report` (`portcullis report
-//! greet-pause` over a generated 1 GiB log).
+//! it starts itself, to a sink in this process), `report` (`portcullis report
+//! greet-pause` over a generated 1 GiB log) and `tls` (STARTTLS handshakes per second and
+//! the memory of an idle TLS session, against a `portcullis serve` it starts itself).
 //!
 //! It must not talk to anything but loopback (127.0.0.0/8, ::1), run without a
 //! time or count bound, or touch a server it did not start other than over SMTP and /proc
@@ -21,6 +22,7 @@ mod report;
 mod sink;
 mod smtp;
 mod throughput;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -82,6 +84,15 @@ enum Scenario {
     /// program on each, --runs times. The report's summary must count exactly the lines
     /// written. Run it when nothing else builds: the machine has 2 cores.
     Report(report::ReportConfig),
+    /// STARTTLS: server memory per idle TLS session, and handshakes per second
+    ///
+    /// Starts the release `portcullis` binary twice in fresh directories with a new ECDSA
+    /// certificate and no greeting pause: holds --idle sessions idle after EHLO in
+    /// plaintext, then (second server) as many after STARTTLS and a new EHLO, reading the
+    /// server's VmRSS/VmHWM before and after; then --concurrency clients repeat connect,
+    /// EHLO, STARTTLS, handshake, EHLO, QUIT until --handshakes are done. Clients run on
+    /// 2 tokio worker threads, sharing the machine with the server.
+    Tls(tls::TlsConfig),
 }
 
 /// clap parser for `--target`: an IP:port on loopback (no host names, no DNS).
@@ -137,6 +148,10 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Report(cfg) => {
                 let result = report::run_report(cfg.clone()).await?;
+                println!("{}", result.report(&cfg));
+            }
+            Scenario::Tls(cfg) => {
+                let result = tls::run_tls(cfg.clone()).await?;
                 println!("{}", result.report(&cfg));
             }
             Scenario::AccessLoad(cfg) => {

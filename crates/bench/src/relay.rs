@@ -182,19 +182,19 @@ fn server_config(cfg: &RelayConfig, listen: SocketAddr, sink: SocketAddr, dir: &
 }
 
 /// The run's directory: created fresh, removed at the end only if we chose it and the run
-/// was clean.
-struct WorkDir {
-    path: PathBuf,
+/// was clean. (The `tls` scenario uses it too.)
+pub(crate) struct WorkDir {
+    pub(crate) path: PathBuf,
     ours: bool,
 }
 
 impl WorkDir {
-    fn create(given: Option<&Path>) -> anyhow::Result<Self> {
+    pub(crate) fn create(given: Option<&Path>) -> anyhow::Result<Self> {
         let (path, ours) = match given {
             Some(p) => (p.to_path_buf(), false),
             None => {
                 let name = format!(
-                    "portcullis-bench-relay.{}.{}",
+                    "portcullis-bench.{}.{}",
                     std::process::id(),
                     clock::unix_now().as_nanos()
                 );
@@ -210,15 +210,15 @@ impl WorkDir {
     }
 
     /// Removes the directory if it is ours; true when it was removed.
-    fn remove_if_ours(&self) -> bool {
+    pub(crate) fn remove_if_ours(&self) -> bool {
         self.ours && std::fs::remove_dir_all(&self.path).is_ok()
     }
 }
 
 /// The `portcullis` binary: `--server`, else the one beside this program.
-fn server_binary(cfg: &RelayConfig) -> anyhow::Result<PathBuf> {
-    let bin = match &cfg.server {
-        Some(p) => p.clone(),
+pub(crate) fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(p) => p.to_path_buf(),
         None => std::env::current_exe()
             .context("locating this program")?
             .with_file_name("portcullis"),
@@ -233,22 +233,22 @@ fn server_binary(cfg: &RelayConfig) -> anyhow::Result<PathBuf> {
 }
 
 /// A free port on 127.0.0.1 (bound and released; the server binds it right after).
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     l.local_addr().context("finding a free port")
 }
 
 /// The running server. Dropping it kills the process (error paths, Ctrl-C).
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    pid: u32,
+    pub(crate) pid: u32,
     log: PathBuf,
 }
 
 impl Server {
     /// Starts `bin serve --config <dir>/portcullis.toml` in `dir`, its log (stderr) in
     /// `dir/server.log`, and waits for its `listening on` line.
-    async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
         let log = dir.join("server.log");
         let file = std::fs::File::create(&log).context("creating server.log")?;
         let child = Command::new(bin)
@@ -285,7 +285,7 @@ impl Server {
 
     /// SIGTERM, then waits up to its shutdown grace and a second; kills it after that.
     /// Returns whether it exited by itself.
-    async fn stop(mut self) -> bool {
+    pub(crate) async fn stop(mut self) -> bool {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
         let deadline = clock::now() + STOP_GRACE + Duration::from_secs(1);
         for _ in 0..MAX_POLLS {
@@ -455,7 +455,7 @@ struct Load {
 /// On failure the run's directory is kept and named in the error.
 pub(crate) async fn run_relay(cfg: RelayConfig) -> anyhow::Result<RelayResult> {
     cfg.validate()?;
-    let bin = server_binary(&cfg)?;
+    let bin = server_binary(cfg.server.as_deref())?;
     let work = WorkDir::create(cfg.dir.as_deref())?;
     let kept = work.path.clone();
     let result = tokio::select! {

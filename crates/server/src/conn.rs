@@ -16,7 +16,8 @@
 //! Memory: a connection in the greeting pause has no task and no read buffer (see
 //! [`crate::hold`]); the dialogue's task starts when the pause is over. An idle session holds
 //! a 1 KiB read buffer; the buffer doubles (to 64 KiB) only while reads keep filling it
-//! (message data) and shrinks back when they stop.
+//! (message data) and shrinks back when they stop. After STARTTLS the session also holds
+//! rustls' connection state, boxed (about 8 KiB more when idle; docs/benchmarks.md).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -184,7 +185,10 @@ async fn converse<S>(
             break;
         }
         if let Some(discarded) = driver.starttls.take() {
-            let Some(upgraded) = driver.start_tls(stream, session, discarded).await else {
+            // Boxed: the handshake's state (rustls' connection, ~1 KiB) is allocated only
+            // while it runs, not in every session's future.
+            let handshake = Box::pin(driver.start_tls(stream, session, discarded));
+            let Some(upgraded) = handshake.await else {
                 return; // The handshake failed: the socket is gone with it.
             };
             stream = upgraded;

@@ -11,7 +11,8 @@
 //! prefixes are at most 32 (IPv4) and 128 (IPv6); `max_tracked_clients` is 1 to 10,000,000;
 //! `session_delay_budget` is at most 1 h; `max_noop_commands` is at most 10,000; the `load` load-average thresholds are at most
 //! 10,000 when written as numbers (`"auto"` is 12 or 8 × CPUs, unbounded), the session percentages at most 100 (and 0 unless `max_sessions` is set), the
-//! lags at most 60 s; `loadavg_file` is non-empty.
+//! lags at most 60 s; `loadavg_file` is non-empty; `tls`, when present, holds a certificate
+//! chain and the key that matches its first certificate.
 //! Default values live here, once, as constants; `default.toml` repeats them for operators
 //! and a test keeps the two equal.
 

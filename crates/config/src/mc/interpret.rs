@@ -697,7 +697,8 @@ fn timeout_key(name: &str) -> Option<Result<(Key, char), &'static str>> {
             "no equivalent (Sendmail's wait to open a file, e.g. over NFS)",
         )),
         "CONTROL" => Some(Err("no equivalent: the control socket answers at once")),
-        "AUTH" | "STARTTLS" => Some(Err("Portcullis serves no AUTH or STARTTLS yet")),
+        "STARTTLS" => key("starttls"),
+        "AUTH" => Some(Err("Portcullis serves no AUTH")),
         r if r.starts_with("RESOLVER") => Some(Err(
             "Sendmail's resolver retransmission settings; Portcullis bounds a client's whole \
              lookup with dns.timeout",

@@ -345,6 +345,7 @@ fn defines_and_units() {
         ),
         ("confTO_INITIAL", "30s", "timeouts.initial", "\"30s\""),
         ("confTO_QUIT", "2m", "timeouts.quit", "\"2m\""),
+        ("confTO_STARTTLS", "2m", "timeouts.starttls", "\"2m\""),
         ("confTO_QUEUERETURN", "5", "queue.lifetime", "\"5d\""),
         ("confTO_QUEUERETURN", "1w", "queue.lifetime", "\"7d\""),
         (
@@ -381,7 +382,7 @@ fn defines_and_units() {
         ("confTO_QUEUEWARN", "4h", "no \"warning"),
         ("confTO_QUEUERETURN_URGENT", "1d", "no message priorities"),
         ("confTO_IDENT", "0s", "IDENT"),
-        ("confTO_STARTTLS", "2m", "STARTTLS"),
+        ("confTO_AUTH", "10m", "no AUTH"),
         ("confTO_COMMAND", "0", "0 turns this wait off"),
         ("confLOG_LEVEL", "9", "no log level"),
         ("confMAX_MESSAGE_SIZE", "0", "no limit in Sendmail"),

@@ -9,7 +9,7 @@
 use super::super::printable;
 
 /// Every key the translation may write, in the order they are written.
-const KEYS: [(&str, &str); 33] = [
+const KEYS: [(&str, &str); 34] = [
     ("server", "hostname"),
     ("server", "listen"),
     ("server", "max_message_bytes"),
@@ -25,6 +25,7 @@ const KEYS: [(&str, &str); 33] = [
     ("timeouts", "quit"),
     ("timeouts", "misc"),
     ("timeouts", "command"),
+    ("timeouts", "starttls"),
     ("queue", "retry_min"),
     ("queue", "lifetime"),
     ("queue", "max_connections"),

@@ -185,7 +185,7 @@ async fn converse<S>(
             break;
         }
         if let Some(discarded) = driver.starttls.take() {
-            // Boxed: the handshake's state (rustls' connection, ~1 KiB) is allocated only
+            // Boxed: the handshake's state (rustls' connection, held inline) is allocated only
             // while it runs, not in every session's future.
             let handshake = Box::pin(driver.start_tls(stream, session, discarded));
             let Some(upgraded) = handshake.await else {

@@ -8,7 +8,7 @@
 //! say `verify=OK` or `verify=FAIL` in the log for opportunistic sessions. [`handshake`] runs
 //! the TLS handshake within a time limit and reports version, cipher and verification.
 //!
-//! Policy (docs/tls-client.md): SMTP next hops get opportunistic STARTTLS (Postfix's `may`):
+//! Policy (docs/tls.md, "Relay client"): SMTP next hops get opportunistic STARTTLS (Postfix's `may`):
 //! any certificate is accepted, but the handshake's signatures are still checked with the
 //! ring provider's algorithms, so the session is encrypted with the key of whatever
 //! certificate the server showed. `verify = true` makes STARTTLS required and the

@@ -198,12 +198,13 @@ fn client_config(
 /// that the next hop agreed to), but the handshake signatures are checked, so the keys are
 /// those of the certificate shown.
 #[derive(Debug)]
-struct AcceptAny {
+pub struct AcceptAny {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl AcceptAny {
-    fn new(provider: &CryptoProvider) -> Self {
+    /// Checks handshake signatures with `provider`'s algorithms.
+    pub fn new(provider: &CryptoProvider) -> Self {
         Self {
             algorithms: provider.signature_verification_algorithms,
         }

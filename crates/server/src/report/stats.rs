@@ -10,25 +10,27 @@
 //! - its delay in milliseconds comes from the line itself (our JSON `waited_ms` field), else
 //!   from our syslog detail line with the same queue id, else from our `session closed:` line
 //!   with the same queue id (`first_input`), else it is the line's whole seconds;
-//! - a `session closed:` line with the queue id of a pre-greeting line read before it, or
-//!   whose client talked before its pause (`pause > 0 && first_input < pause`), is that same
-//!   early talker, so it adds nothing else (a client can talk after its pause and still before
-//!   the greeting, which waits for the name lookup); unless no
-//!   pre-greeting line with its queue id came before it: the rejection summaries
-//!   (`[log] summary_after`) hold back a flooding client's lines after its first few, and
-//!   the session line, always written, is then the only trace of that talker. It is counted
-//!   from the session line (its `first_input`, in the histogram rounded half up as Sendmail
-//!   rounds) and shown apart ([`Analysis::from_sessions`]);
+//! - a `session closed:` line with the queue id of a pre-greeting line read before it is
+//!   that same early talker and adds nothing else, even when its first byte came after its
+//!   pause (the greeting waits for the name lookup, so a client can talk after its pause and
+//!   still before the greeting);
+//! - a session line whose client talked before its pause (`pause > 0 && first_input <
+//!   pause`) without such a pre-greeting line (a log cut in the middle of a session) is an
+//!   early talker counted from the session line (its `first_input`, in the histogram
+//!   rounded half up as Sendmail rounds) and shown apart ([`Analysis::from_sessions`]);
+//! - a `greet_pause` rejection summary's count is early talkers held back (their pre-greeting,
+//!   detail and session lines alike): counted, not timed ([`Analysis::held_back`]);
 //! - every other session line is a client that behaved, which the what-if's delay columns
 //!   are about.
 //!
 //! Invariants (every map is bounded): histogram keys are at most
 //! [`MAX_DELAY_SECS`](super::parse::MAX_DELAY_SECS), delay keys at most
 //! [`MAX_DELAY_MS`](super::parse::MAX_DELAY_MS), silent-duration keys below [`MAX_CANDIDATE_MS`]; at most
-//! [`MAX_PENDING`] early talkers wait for their detail or session line; the oldest is settled
-//! with what is known when a new one would pass the bound.
+//! [`MAX_PENDING`] early talkers are remembered by queue id (waiting for their detail or
+//! session line, or settled and kept so their session line is known); the oldest is
+//! forgotten, settled with what is known, when a new one would pass the bound.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::parse::{Parsed, Session};
 
@@ -44,12 +46,15 @@ fn sendmail_seconds(ms: u64) -> u64 {
     (ms + 500) / 1000
 }
 
-/// An early talker whose milliseconds may still come.
+/// An early talker read with its queue id: its milliseconds may still come (until
+/// `settled`), and its session line is to be told apart from a behaved client's.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     seconds: u64,
     /// Insertion number, to tell a stale queue entry from a re-used queue id.
     seq: u64,
+    /// Recorded already (with its milliseconds, or its whole seconds).
+    settled: bool,
 }
 
 /// Everything counted so far.
@@ -64,15 +69,14 @@ pub struct Analysis {
     /// Early talkers whose delay is exact to the millisecond / only whole seconds.
     timed_ms: u64,
     timed_whole: u64,
+    /// The latest early talkers with a queue id (at most [`MAX_PENDING`], oldest
+    /// forgotten first; an unsettled one is settled in whole seconds as it goes).
     pending: HashMap<Vec<u8>, Pending>,
     order: VecDeque<(Vec<u8>, u64)>,
     seq: u64,
     sessions: Sessions,
-    /// Queue ids of the latest pre-greeting lines (at most [`MAX_PENDING`], oldest
-    /// forgotten first), so a session line can tell whether its talker was counted.
-    seen: HashSet<Vec<u8>>,
-    seen_order: VecDeque<Vec<u8>>,
-    /// Early talkers known only from their session lines (pre-greeting line summarised).
+    /// Early talkers known only from their session lines (their pre-greeting line is not
+    /// in the input: a log cut in the middle of a session).
     from_sessions: u64,
     /// Early talkers a `greet_pause` rejection summary counted without logging them.
     held_back: u64,
@@ -169,59 +173,58 @@ impl Analysis {
 
     fn pregreet(&mut self, qid: Option<&[u8]>, seconds: u64, waited_ms: Option<u64>) {
         *self.seconds.entry(seconds).or_default() += 1;
-        if let Some(qid) = qid {
-            self.remember(qid);
-        }
-        // Only a talker with a queue id and no milliseconds yet waits for a later line.
-        let (Some(qid), None) = (qid, waited_ms) else {
+        let Some(qid) = qid else {
             return self.record(seconds, waited_ms);
         };
         if self.pending.contains_key(qid) {
             // A queue id seen again (logs concatenated twice): settle the first one.
             self.settle(qid, None);
-        }
-        if self.pending.len() >= MAX_PENDING {
-            self.settle_oldest();
+        } else if self.pending.len() >= MAX_PENDING {
+            self.forget_oldest();
         }
         self.seq += 1;
         let seq = self.seq;
-        self.pending.insert(qid.to_vec(), Pending { seconds, seq });
+        let settled = waited_ms.is_some();
+        self.pending.insert(
+            qid.to_vec(),
+            Pending {
+                seconds,
+                seq,
+                settled,
+            },
+        );
         self.order.push_back((qid.to_vec(), seq));
+        if settled {
+            self.record(seconds, waited_ms);
+        }
         if self.order.len() > 2 * MAX_PENDING {
-            // Drop the entries of talkers already settled.
+            // Drop the entries a re-used queue id left behind.
             let pending = &self.pending;
             self.order
                 .retain(|(q, s)| pending.get(q).is_some_and(|p| p.seq == *s));
         }
     }
 
-    /// Notes that `qid`'s pre-greeting line was read (bounded: the oldest goes first).
-    fn remember(&mut self, qid: &[u8]) {
-        if self.seen.contains(qid) {
-            return;
-        }
-        if self.seen.len() >= MAX_PENDING
-            && let Some(old) = self.seen_order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        self.seen.insert(qid.to_vec());
-        self.seen_order.push_back(qid.to_vec());
-    }
-
-    fn settle_oldest(&mut self) {
+    /// Forgets the oldest talker, settled in whole seconds if its milliseconds never came.
+    fn forget_oldest(&mut self) {
         while let Some((qid, seq)) = self.order.pop_front() {
             if self.pending.get(&qid).is_some_and(|p| p.seq == seq) {
                 self.settle(&qid, None);
+                self.pending.remove(&qid);
                 return;
             }
         }
     }
 
-    /// Records the pending early talker `qid` (if any) with `ms`, or its whole seconds.
+    /// Records the early talker `qid` with `ms`, or its whole seconds, unless it was
+    /// recorded already (or is unknown).
     fn settle(&mut self, qid: &[u8], ms: Option<u64>) {
-        if let Some(p) = self.pending.remove(qid) {
-            self.record(p.seconds, ms);
+        if let Some(p) = self.pending.get_mut(qid)
+            && !p.settled
+        {
+            p.settled = true;
+            let seconds = p.seconds;
+            self.record(seconds, ms);
         }
     }
 
@@ -250,13 +253,14 @@ impl Analysis {
         // first byte came after its pause: the greeting waits for the client's name lookup
         // (up to dns.timeout), so a client can talk after the pause and still before the
         // greeting.
-        let counted = s.qid.is_some_and(|q| self.seen.contains(q));
+        let counted = s.qid.is_some_and(|q| self.pending.contains_key(q));
         if s.early_talker() || counted {
             t.early += 1;
             match (s.qid, s.first_input_ms) {
                 (Some(qid), Some(ms)) if counted => self.settle(qid, Some(ms)),
                 (_, Some(ms)) if !counted => {
-                    // Its pre-greeting line was held back by a rejection summary.
+                    // Its pre-greeting line is not in the input (a log cut mid-session; a
+                    // rejection summary holds the session line back with it).
                     self.from_sessions += 1;
                     *self.seconds.entry(sendmail_seconds(ms)).or_default() += 1;
                     self.record(0, Some(ms));

@@ -178,6 +178,34 @@ fn a_scripted_session_shows_in_every_counter() {
     // No series names a client.
     assert!(!m.contains("127.0.0."), "{m}");
     drop(idle);
+
+    // The operator holds the deferred message: the gauges follow.
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stat=Deferred"))
+        .expect("a deferral line");
+    let qid = line
+        .split(": ")
+        .nth(1)
+        .expect("the queue id after the syslog tag")
+        .to_owned();
+    let out = support::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["queue", "hold", &qid, "-c"])
+            .arg(server.config_path()),
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The runner publishes its counts as its loop turns, just after it answered.
+    let held = r#"portcullis_queue_messages{state="held"}"#;
+    support::wait_until(WAIT, || get(&scrape(metrics), held) == 1.0);
+    let m = scrape(metrics);
+    assert_eq!(get(&m, held), 1.0);
+    assert_eq!(
+        get(&m, r#"portcullis_queue_messages{state="deferred"}"#),
+        0.0
+    );
 }
 
 #[test]
